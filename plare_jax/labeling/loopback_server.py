@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-_BRIGHTNESS_RE = re.compile(r"Video ([12]) brightness ([0-9.]+)")
+_BRIGHTNESS_RE = re.compile(r"Video ([12]) brightness ([0-9]+\.[0-9]+)")
 _PAIR_RE = re.compile(r"pair id ([0-9a-f]{16})")
 
 
@@ -124,7 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send_json(400, {"error": {"message": "body is not JSON"}})
             return
-        status, body = self.server.answer(request)
+        try:
+            status, body = self.server.answer(request)
+        except Exception as err:  # a bug in the fake must surface as an HTTP error, not a dropped connection
+            status, body = 500, {"error": {"message": f"loopback server error: {err!r}"}}
         self._send_json(status, body)
 
 
