@@ -137,8 +137,9 @@ def load_prompts(version: str) -> tuple[str, str]:
         ) from None
 
 
-_ANSWER_RE = re.compile(r"answer\W{0,12}(-\s?1|0|1)(?![\d.]\d|\d)", re.IGNORECASE)
-_TOKEN_RE = re.compile(r"(?<![\w.\-])(-1|0|1)(?!\d|\.\d)")
+_ANSWER_RE = re.compile(r"answer(?:\s+is)?[^\w\-]{0,6}(-\s?1|0|1)(?!\d|\.\d)", re.IGNORECASE)
+# A standalone 0 / 1 / -1 that is not a clip's name ("Video 1" names the first clip, not answer 1).
+_TOKEN_RE = re.compile(r"(?<![\w.\-])(?<!video )(?<!clip )(-1|0|1)(?!\d|\.\d)", re.IGNORECASE)
 
 
 def parse_choice(text: str | None) -> int | None:
