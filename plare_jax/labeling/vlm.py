@@ -392,13 +392,17 @@ class VLMLabeler:
                     last_error = err
                     continue
                 raise _RequestFailed(f"HTTP {err.status_code}: {err.message}") from None
+            except openai.OpenAIError as err:  # e.g. an unparseable response: this pair only, never the run
+                last_error = err
+                continue
             run.latencies.append(time.perf_counter() - start)
             if response.usage is not None:
                 run.prompt_tokens += response.usage.prompt_tokens
                 run.completion_tokens += response.usage.completion_tokens
                 tokens[0] += response.usage.prompt_tokens
                 tokens[1] += response.usage.completion_tokens
-            return response.choices[0].message.content or ""
+            # An empty choice list or null content reads as "" (malformed), never as a crash.
+            return (response.choices[0].message.content if response.choices else None) or ""
         raise _RequestFailed(f"{type(last_error).__name__} after {c.max_retries + 1} tries: {last_error}")
 
 
