@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from plare_jax.labeling import (
+    Labeler,
     PairBatch,
     ScriptedTeacher,
     VLMConfig,
@@ -218,3 +219,28 @@ def test_task_text_builtin_override_and_generic(caplog):
 def test_unknown_prompt_version_is_a_clear_error():
     with pytest.raises(ValueError, match="stage1_v999"):
         VLMLabeler(VLMConfig(base_url="http://127.0.0.1:9/v1", prompt_version="v999"))
+
+
+def test_loopback_server_sustains_128_concurrent_slow_requests():
+    latency, n_pairs = 0.5, 128
+    images, _ = make_pairs(n_pairs)
+    with LoopbackVLMServer(behavior=LoopbackBehavior(latency_s=latency)) as server:
+        labeler = VLMLabeler(fast_config(server, concurrency=128))
+        assert isinstance(labeler, Labeler)
+        result = labeler.label(PairBatch(TASK, images=images), progress=True)
+        assert server.counts["requests"] == 2 * n_pairs
+    s = result.stats
+    assert s["retries"] == 0 and s["failed"] == 0 and s["requests"] == 2 * n_pairs
+    # serial would take 128 s; two rounds of 0.5 s plus client/server overhead on 2 cores
+    assert s["wall_s"] < 6.0, s
+
+
+def test_rate_limit_retry_after_header_is_honoured():
+    images, _ = make_pairs(1)
+    behavior = LoopbackBehavior(fail_first_k=1, fail_status=429, retry_after_s=0.6)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        start = time.perf_counter()
+        result = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
+        elapsed = time.perf_counter() - start
+    assert result.stats["retries"] == 2 and result.stats["failed"] == 0
+    assert elapsed >= 1.2  # two waits of 0.6 s, although our own backoff is 0.01 s

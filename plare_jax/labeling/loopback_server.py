@@ -55,6 +55,7 @@ class LoopbackBehavior:
         ignore_structured_output: Answer stage 2 in a sentence ("The answer is 1.")
             instead of honouring the requested choice constraint.
         tie_margin: Brightness gap at or below which stage 2 answers -1.
+        retry_after_s: Retry-After header value sent with injected errors (None: no header).
     """
 
     latency_s: float = 0.0
@@ -66,6 +67,7 @@ class LoopbackBehavior:
     malformed_fraction: float = 0.0
     ignore_structured_output: bool = False
     tie_margin: float = 0.02
+    retry_after_s: float | None = None
 
 
 def brightness_png(level: float, size: int = 8) -> bytes:
@@ -96,9 +98,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send_json(self, status: int, body: dict) -> None:
+        headers = body.pop("_headers", {})
         data = json.dumps(body).encode()
         try:
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -191,7 +196,10 @@ class _Server(ThreadingHTTPServer):
             self.stop_event.wait(b.latency_s)
         if attempt < b.fail_first_k:
             self._count("errors")
-            return b.fail_status, {"error": {"message": f"injected HTTP {b.fail_status}", "code": b.fail_status}}
+            return b.fail_status, {
+                "error": {"message": f"injected HTTP {b.fail_status}", "code": b.fail_status},
+                "_headers": {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {},
+            }
 
         if images:
             self._count("stage1")

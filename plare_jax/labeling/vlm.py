@@ -367,6 +367,7 @@ class VLMLabeler:
             if attempt:
                 run.retries += 1
                 delay = min(30.0, c.retry_backoff_s * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
+                delay = max(delay, _retry_after_s(last_error))
                 await asyncio.sleep(delay)
             run.requests += 1
             start = time.perf_counter()
@@ -404,6 +405,17 @@ class VLMLabeler:
             # An empty choice list or null content reads as "" (malformed), never as a crash.
             return (response.choices[0].message.content if response.choices else None) or ""
         raise _RequestFailed(f"{type(last_error).__name__} after {c.max_retries + 1} tries: {last_error}")
+
+
+def _retry_after_s(error: Exception | None) -> float:
+    """Seconds a 429/503 answer asked us to wait (Retry-After header), capped at 60; 0 if none."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return 0.0
+    try:
+        return min(60.0, max(0.0, float(response.headers.get("retry-after", 0))))
+    except (TypeError, ValueError):  # an HTTP date instead of seconds: fall back to our backoff
+        return 0.0
 
 
 def check_endpoint(config: VLMConfig, *, timeout_s: float = 10.0) -> None:
