@@ -89,10 +89,17 @@ def test_launch_serves_labels_and_shuts_down(fake_vllm, tmp_path):
     for flag, value in [("--tensor-parallel-size", "2"), ("--data-parallel-size", "3"), ("--max-model-len", "4096"),
                         ("--host", "127.0.0.1"), ("--limit-mm-per-prompt", "image=2")]:  # fmt: skip
         assert argv[argv.index(flag) + 1] == value
+    assert "--limit-mm-per-prompt" in argv and argv.count("--limit-mm-per-prompt") == 1  # the user's wins
     assert not _pid_alive(record["pid"])
     with pytest.raises(OSError):
         urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=2)
     assert "loopback VLM server" in log.read_text()
+
+
+def test_default_allows_two_images_per_prompt(fake_vllm):
+    with launch_vllm(MODEL, startup_timeout_s=60):
+        argv = json.loads(fake_vllm.read_text())["argv"]
+    assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 2}
 
 
 def test_server_that_dies_gives_error_with_log_tail(fake_vllm, monkeypatch):

@@ -9,6 +9,7 @@ its process group, then SIGKILL), also on Ctrl-C and exceptions.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -90,6 +91,7 @@ def launch_vllm(
     data_parallel_size: int = 1,
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.9,
+    images_per_prompt: int | None = 2,
     extra_args: Sequence[str] = (),
     startup_timeout_s: float = 900,
     log_path: str | os.PathLike | None = None,
@@ -103,6 +105,9 @@ def launch_vllm(
         data_parallel_size: Model replicas.
         max_model_len: Context length limit (None: the model's).
         gpu_memory_utilization: Fraction of GPU memory vLLM may take.
+        images_per_prompt: Passed as `--limit-mm-per-prompt '{"image": N}'` (stage 1
+            sends 2 images; some vLLM versions default to 1). None, or the flag in
+            `extra_args`, leaves it to the user.
         extra_args: More `vllm serve` arguments, passed through unchanged.
         startup_timeout_s: How long to wait for /health (weights download and load).
         log_path: Where the server's stdout/stderr go (default: a temp file).
@@ -130,6 +135,8 @@ def launch_vllm(
     ]  # fmt: skip
     if max_model_len is not None:
         cmd += ["--max-model-len", str(max_model_len)]
+    if images_per_prompt is not None and "--limit-mm-per-prompt" not in extra_args:
+        cmd += ["--limit-mm-per-prompt", json.dumps({"image": images_per_prompt})]
     cmd += list(extra_args)
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="vllm-", suffix=".log")

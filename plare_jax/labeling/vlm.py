@@ -270,7 +270,16 @@ class VLMLabeler:
 
             try:
                 async with client:
-                    await asyncio.gather(*(worker() for _ in range(min(c.concurrency, len(todo)))))
+                    workers = [asyncio.create_task(worker()) for _ in range(min(c.concurrency, len(todo)))]
+                    try:
+                        await asyncio.gather(*workers)
+                    except BaseException:
+                        # A configuration error (or Ctrl-C) stops the run: stop the other
+                        # workers too. Labels stored so far stay stored.
+                        for task in workers:
+                            task.cancel()
+                        await asyncio.gather(*workers, return_exceptions=True)
+                        raise
             finally:
                 bar.close()
         wall_s = time.perf_counter() - start
