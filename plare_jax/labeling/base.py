@@ -1,0 +1,112 @@
+"""The labeler interface: pairs of trajectory segments in, preference labels out.
+
+A label says which of the two segments of a pair better achieves the task:
+`FIRST` (0), `SECOND` (1) or `UNSURE` (-1). Labelers know nothing about training
+or simulation; they take rendered images (PNG bytes) and a task text, or the
+segments' ground-truth returns for the scripted teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+FIRST, SECOND, UNSURE = 0, 1, -1
+VALID_LABELS = (FIRST, SECOND, UNSURE)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBatch:
+    """Pairs of segments to label, for one task.
+
+    Attributes:
+        task_text: What the robot should achieve, in words (e.g. "open the drawer").
+        images: Per pair, the PNG bytes of the two tiled keyframe images
+            `(first, second)`; needed by image-based labelers.
+        returns: `[P, 2]` ground-truth returns of the two segments of each pair;
+            needed by the scripted teacher.
+    """
+
+    task_text: str
+    images: Sequence[tuple[bytes, bytes]] | None = None
+    returns: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.images is None and self.returns is None:
+            raise ValueError("PairBatch needs `images` (for a VLM labeler) or `returns` (for the scripted teacher).")
+        if self.images is not None:
+            for i, pair in enumerate(self.images):
+                if len(pair) != 2 or not all(isinstance(im, bytes | bytearray) for im in pair):
+                    raise ValueError(f"PairBatch.images[{i}] must be a (bytes, bytes) tuple of PNG data, got {type(pair)}.")
+        if self.returns is not None:
+            returns = np.asarray(self.returns, dtype=np.float64)
+            if returns.ndim != 2 or returns.shape[1] != 2:
+                raise ValueError(f"PairBatch.returns must have shape [P, 2], got {returns.shape}.")
+            object.__setattr__(self, "returns", returns)
+        if self.images is not None and self.returns is not None and len(self.images) != len(self.returns):
+            raise ValueError(f"PairBatch has {len(self.images)} image pairs but {len(self.returns)} return pairs; they must match.")
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.returns)
+
+
+@dataclasses.dataclass
+class LabelResult:
+    """Labels of a batch and how they were obtained.
+
+    Attributes:
+        preferences: `[P]` int8 in {0, 1, -1}.
+        stats: Counters and timings of the run (requests, cache_hits, malformed,
+            retries, latency percentiles, tokens, wall_s, pairs_per_s, ...).
+    """
+
+    preferences: np.ndarray
+    stats: dict
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    """Anything that turns a `PairBatch` into preference labels."""
+
+    name: str
+
+    def label(self, batch: PairBatch, *, progress: bool = True) -> LabelResult: ...
+
+
+def check_preferences(preferences) -> np.ndarray:
+    """Returns `preferences` as a 1-D int8 array, or raises ValueError if a value is not 0, 1 or -1."""
+    prefs = np.asarray(preferences)
+    if prefs.ndim != 1:
+        raise ValueError(f"preferences must be 1-D [P], got shape {prefs.shape}.")
+    bad = ~np.isin(prefs, VALID_LABELS)
+    if bad.any():
+        raise ValueError(f"preferences must be in {{0, 1, -1}}; found {np.unique(prefs[bad])[:5]}.")
+    return prefs.astype(np.int8)
+
+
+def preferences_to_targets(preferences, *, unsure: str = "drop") -> tuple[np.ndarray, np.ndarray]:
+    """Turns labels into training targets for a preference loss.
+
+    Args:
+        preferences: `[P]` labels in {0, 1, -1}.
+        unsure: What to do with -1 labels. "drop" (PLARE): weight 0 so they do not
+            count in the loss. "tie" (RL-VLM-F-style baseline): label 0.5, weight 1.
+
+    Returns:
+        `(labels, weights)`, both `[P]` float32: labels are the probability that
+        the SECOND segment is preferred.
+    """
+    prefs = check_preferences(preferences)
+    if unsure not in ("drop", "tie"):
+        raise ValueError(f"unsure must be 'drop' (PLARE) or 'tie' (RL-VLM-F baseline), got {unsure!r}.")
+    is_unsure = prefs == UNSURE
+    labels = np.where(prefs == SECOND, 1.0, 0.0).astype(np.float32)
+    weights = np.ones(prefs.shape, np.float32)
+    if unsure == "drop":
+        weights[is_unsure] = 0.0
+    else:
+        labels[is_unsure] = 0.5
+    return labels, weights

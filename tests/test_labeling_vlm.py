@@ -1,0 +1,246 @@
+"""Tests of the VLM labeler against the loopback OpenAI-compatible server (a real HTTP server)."""
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from plare_jax.labeling import (
+    Labeler,
+    PairBatch,
+    ScriptedTeacher,
+    VLMConfig,
+    VLMEndpointError,
+    VLMLabeler,
+    check_endpoint,
+    labeling_report,
+    parse_choice,
+    task_text,
+)
+from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
+from plare_jax.labeling.store import LabelStore
+
+TASK = "open the drawer"
+MARGIN = LoopbackBehavior().tie_margin
+
+
+def make_pairs(n: int):
+    """n distinct image pairs of known brightness, and their brightness as 'returns' [n, 2]."""
+    levels = np.array([[(i * 37) % 256, (i * 101 + 50) % 256] for i in range(n)]) / 255.0
+    images = [(brightness_png(a), brightness_png(b)) for a, b in levels]
+    return images, levels
+
+
+def fast_config(server, **kw):
+    return VLMConfig(base_url=server.base_url, model=server.model, retry_backoff_s=0.01, **kw)
+
+
+def test_valid_answers_agree_with_teacher_on_content():
+    images, levels = make_pairs(24)
+    with LoopbackVLMServer() as server:
+        result = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
+        assert server.counts["stage1"] == 24 and server.counts["stage2"] == 24
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    report = labeling_report(result.preferences, teacher, result.stats)
+    assert report["accuracy"] == 1.0 and report["both_sure"] > 15
+    np.testing.assert_array_equal(result.preferences, teacher)
+    s = result.stats
+    assert s["requests"] == 48 and s["retries"] == 0 and s["malformed"] == 0 and s["cache_hits"] == 0
+    assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
+    assert 0 <= s["latency_p50_s"] <= s["latency_p90_s"] <= s["latency_p99_s"]
+    assert result.preferences.dtype == np.int8
+
+
+def test_unstructured_server_answers_are_parsed():
+    images, levels = make_pairs(8)
+    behavior = LoopbackBehavior(ignore_structured_output=True)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        verbose = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    np.testing.assert_array_equal(verbose.preferences, teacher)
+    assert verbose.stats["malformed"] == 0
+
+
+def test_malformed_answers_become_unsure_and_are_counted():
+    images, _ = make_pairs(40)
+    with LoopbackVLMServer(behavior=LoopbackBehavior(malformed_fraction=0.5)) as server:
+        result = VLMLabeler(fast_config(server, max_retries=2)).label(PairBatch(TASK, images=images), progress=False)
+    s = result.stats
+    assert 5 <= s["malformed"] <= 35  # about half, decided by content hash
+    assert np.sum(result.preferences == -1) >= s["malformed"]
+    # each malformed pair: 1 stage-1 + 3 stage-2 tries (2 re-asks)
+    assert s["requests"] == 2 * 40 + 2 * s["malformed"]
+    assert s["retries"] == 2 * s["malformed"]
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_http_errors_are_retried_then_succeed(status):
+    images, levels = make_pairs(6)
+    behavior = LoopbackBehavior(fail_first_k=2, fail_status=status)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        result = VLMLabeler(fast_config(server, max_retries=3)).label(PairBatch(TASK, images=images), progress=False)
+        assert server.counts["errors"] == 2 * 12
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    np.testing.assert_array_equal(result.preferences, teacher)
+    assert result.stats["retries"] == 24 and result.stats["requests"] == 36 and result.stats["failed"] == 0
+
+
+def test_errors_beyond_retries_leave_pair_unsure_and_unstored(tmp_path):
+    images, _ = make_pairs(3)
+    behavior = LoopbackBehavior(fail_first_k=10)
+    with LoopbackVLMServer(behavior=behavior) as server, LabelStore(tmp_path / "l.sqlite") as store:
+        result = VLMLabeler(fast_config(server, max_retries=1), store=store).label(
+            PairBatch(TASK, images=images), progress=False
+        )
+        assert np.all(result.preferences == -1)
+        assert result.stats["failed"] == 3
+        assert len(store) == 0  # a re-run asks again
+
+
+def test_hung_request_times_out_is_retried_and_run_continues():
+    images, levels = make_pairs(6)
+    # first try of every request hangs past the client timeout; the retry answers
+    behavior = LoopbackBehavior(hang_first_k=1, hang_s=5.0)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        start = time.perf_counter()
+        result = VLMLabeler(fast_config(server, timeout_s=0.3)).label(PairBatch(TASK, images=images), progress=False)
+        elapsed = time.perf_counter() - start
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    np.testing.assert_array_equal(result.preferences, teacher)
+    assert result.stats["retries"] == 12
+    assert elapsed < 4.0  # did not wait for the hung answers
+
+
+def test_always_hung_pairs_become_unsure_others_labelled():
+    images, levels = make_pairs(20)
+    behavior = LoopbackBehavior(hang_fraction=0.3, hang_s=5.0)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        result = VLMLabeler(fast_config(server, timeout_s=0.3, max_retries=1)).label(
+            PairBatch(TASK, images=images), progress=False
+        )
+    failed = result.stats["failed"]
+    assert 1 <= failed <= 15
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    answered = result.preferences != -1
+    np.testing.assert_array_equal(result.preferences[answered], teacher[answered])
+    assert answered.sum() >= 20 - failed - np.sum(teacher == -1)
+
+
+def test_store_reuse_second_run_sends_no_request(tmp_path):
+    images, _ = make_pairs(10)
+    with LoopbackVLMServer() as server, LabelStore(tmp_path / "l.sqlite") as store:
+        labeler = VLMLabeler(fast_config(server), store=store)
+        first = labeler.label(PairBatch(TASK, images=images), progress=False)
+        before = server.counts["requests"]
+        second = labeler.label(PairBatch(TASK, images=images), progress=False)
+        assert server.counts["requests"] == before
+        assert second.stats["requests"] == 0 and second.stats["cache_hits"] == 10
+        np.testing.assert_array_equal(first.preferences, second.preferences)
+        record = next(iter(store.get_many(labeler.keys(PairBatch(TASK, images=images[:1]))).values()))
+        assert "brightness" in record["stage1_text"] and record["stage2_text"] in ("0", "1", "-1")
+        assert record["prompt_tokens"] > 0 and record["latency_s"] > 0
+        # swapped pairs and another task text are new queries
+        swapped = [(b, a) for a, b in images[:3]]
+        third = labeler.label(PairBatch(TASK, images=swapped), progress=False)
+        assert third.stats["cache_hits"] == 0 and third.stats["requests"] == 6
+        assert len(store) == 13
+
+
+def test_slow_answers_concurrency_gives_near_ideal_throughput():
+    latency, concurrency, n_pairs = 0.2, 16, 64
+    images, _ = make_pairs(n_pairs)
+    with LoopbackVLMServer(behavior=LoopbackBehavior(latency_s=latency)) as server:
+        fast = VLMLabeler(fast_config(server, concurrency=concurrency)).label(PairBatch(TASK, images=images), progress=False)
+        slow = VLMLabeler(fast_config(server, concurrency=1)).label(PairBatch(TASK, images=images[:8]), progress=False)
+    ideal_requests_per_s = concurrency / latency
+    assert fast.stats["requests"] == 2 * n_pairs
+    assert fast.stats["requests_per_s"] >= 0.7 * ideal_requests_per_s, fast.stats
+    assert fast.stats["latency_p50_s"] >= latency
+    assert slow.stats["pairs_per_s"] * 5 < fast.stats["pairs_per_s"]
+    assert slow.stats["pairs_per_s"] <= 1 / (2 * latency) * 1.05
+
+
+def test_check_endpoint_reports_unreachable_and_wrong_model():
+    with LoopbackVLMServer() as server:
+        check_endpoint(fast_config(server))
+        with pytest.raises(VLMEndpointError, match="does not serve"):
+            check_endpoint(VLMConfig(base_url=server.base_url, model="other/model"))
+        url = server.base_url
+    with pytest.raises(VLMEndpointError, match="cannot reach"):
+        check_endpoint(VLMConfig(base_url=url), timeout_s=2)
+
+
+def test_wrong_model_aborts_labeling_with_clear_error():
+    images, _ = make_pairs(2)
+    with LoopbackVLMServer() as server:
+        labeler = VLMLabeler(VLMConfig(base_url=server.base_url, model="not/served"))
+        with pytest.raises(VLMEndpointError, match="model"):
+            labeler.label(PairBatch(TASK, images=images), progress=False)
+
+
+def test_base_url_from_environment_or_clear_error(monkeypatch):
+    monkeypatch.delenv("PLARE_VLM_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match="PLARE_VLM_BASE_URL"):
+        VLMConfig().resolved_base_url()
+    monkeypatch.setenv("PLARE_VLM_BASE_URL", "http://127.0.0.1:9/v1/")
+    assert VLMConfig().resolved_base_url() == "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert VLMConfig().api_key() == "EMPTY"
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    config = VLMConfig(api_key_env="MY_KEY")
+    assert config.api_key() == "sk-test" and "sk-test" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1", 1), ("0", 0), ("-1", -1), (" '0'\n", 0), ("The answer is 1.", 1), ("Answer: -1", -1),
+        ("**1**", 1), ("Video 2 is better, so 1", 1), ("Video 1 is better", None), ("The answer is -1 since", -1), ("either 0 or 1", None), ("no idea", None),
+        ("10", None), ("0.5", None), ("", None), (None, None),
+    ],
+)  # fmt: skip
+def test_parse_choice(text, expected):
+    assert parse_choice(text) == expected
+
+
+def test_task_text_builtin_override_and_generic(caplog):
+    assert task_text("drawer-open-v3") == "open the drawer"
+    assert task_text("sweep-into") == "place the green cube so that it lies on the square hole"
+    assert task_text("plate-slide-v3") == "place the black plate so that it lies inside the goal"
+    assert task_text("door-open-v3") == "open the door of the safe"
+    assert task_text("door-open-v3", override="swing the door open") == "swing the door open"
+    with caplog.at_level(logging.WARNING):
+        generic = task_text("button-press-topdown-v3")
+    assert "button press topdown" in generic
+    assert "no built-in task text" in caplog.text
+
+
+def test_unknown_prompt_version_is_a_clear_error():
+    with pytest.raises(ValueError, match="stage1_v999"):
+        VLMLabeler(VLMConfig(base_url="http://127.0.0.1:9/v1", prompt_version="v999"))
+
+
+def test_loopback_server_sustains_128_concurrent_slow_requests():
+    latency, n_pairs = 0.5, 128
+    images, _ = make_pairs(n_pairs)
+    with LoopbackVLMServer(behavior=LoopbackBehavior(latency_s=latency)) as server:
+        labeler = VLMLabeler(fast_config(server, concurrency=128))
+        assert isinstance(labeler, Labeler)
+        result = labeler.label(PairBatch(TASK, images=images), progress=True)
+        assert server.counts["requests"] == 2 * n_pairs
+    s = result.stats
+    assert s["retries"] == 0 and s["failed"] == 0 and s["requests"] == 2 * n_pairs
+    # serial would take 128 s; two rounds of 0.5 s plus client/server overhead on 2 cores
+    assert s["wall_s"] < 6.0, s
+
+
+def test_rate_limit_retry_after_header_is_honoured():
+    images, _ = make_pairs(1)
+    behavior = LoopbackBehavior(fail_first_k=1, fail_status=429, retry_after_s=0.6)
+    with LoopbackVLMServer(behavior=behavior) as server:
+        start = time.perf_counter()
+        result = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
+        elapsed = time.perf_counter() - start
+    assert result.stats["retries"] == 2 and result.stats["failed"] == 0
+    assert elapsed >= 1.2  # two waits of 0.6 s, although our own backoff is 0.01 s
