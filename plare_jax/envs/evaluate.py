@@ -147,9 +147,12 @@ def evaluate_policy(
             successes |= np.concatenate([r[2] for r in replies])
             for group, reply in zip(groups, replies):
                 collect_frames(group, reply[3])
-        for conn in conns:
-            conn.send(("close",))
     finally:
+        for conn in conns:
+            try:
+                conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass  # worker already gone
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
