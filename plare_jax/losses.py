@@ -174,10 +174,12 @@ def cpl_rank_loss(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> s = jnp.array([[0.0, -1.0]])
-      >>> float(cpl_rank_loss(s, jnp.array([0]), bias=0.5).round(4)) == float(
-      ...     cpl_loss(jnp.zeros((1, 1)), -jnp.ones((1, 1)), jnp.array([0.0]), alpha=1.0).round(4)[0])
-      True
+      >>> scores = jnp.array([[0.0, -1.0]])  # candidate 0 preferred
+      >>> print(cpl_rank_loss(scores, jnp.array([0]), bias=0.5).round(4))
+      [0.4741]
+      >>> # same as the pairwise loss: softplus(-(0 - 0.5 * -1)) = softplus(-0.5)
+      >>> print(cpl_loss(jnp.zeros((1, 1)), -jnp.ones((1, 1)), jnp.array([0.0]), alpha=1.0).round(4))
+      [0.4741]
     """
     scores = jnp.asarray(scores)
     preferred = jnp.asarray(preferred)
