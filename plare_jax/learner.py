@@ -308,7 +308,7 @@ def update(
     tx = make_optimizer(state.config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(learning_rate_schedule(state.config)(state.phase_step), jnp.float32)
     new_state = state.replace(
         step=state.step + 1, phase_step=state.phase_step + 1, params=params, opt_state=opt_state
