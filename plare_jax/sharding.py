@@ -43,7 +43,11 @@ def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("make_data_mesh needs at least one device")
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+    # Auto axes: XLA propagates the batch sharding from `constrain_batch` and inserts
+    # the gradient all-reduce itself (jax.make_mesh defaults to Explicit axes).
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
 
 
 def num_data_shards(mesh: Mesh | None) -> int:
