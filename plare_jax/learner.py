@@ -77,7 +77,7 @@ class LearnerConfig:
     """Weight of an extra BC term during the CPL phase (reference: 0)."""
     max_grad_norm: float | None = None
     """Clip gradients to this global norm (None = no clipping)."""
-    dropout_prng: str = "rbg"
+    dropout_prng: str = "threefry2x32"
     """PRNG implementation for dropout masks: "threefry2x32" (bitwise identical on
     any device count), "rbg" or "unsafe_rbg" (faster on CPU)."""
 

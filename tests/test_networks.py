@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from plare_jax.networks import LOG_STD_MAX, LOG_STD_MIN, PolicyMLP
+from plare_jax.networks import LOG_STD_MAX, LOG_STD_MIN, PolicyMLP, dropout
 
 O, A, N = 7, 3, 20
 
@@ -105,3 +105,19 @@ def test_bad_configuration_and_inputs_raise():
         model(jnp.zeros((2, O + 1)))
     with pytest.raises(ValueError, match="dims"):
         model.log_prob(jnp.zeros((2, O)), jnp.zeros((2, A + 1)))
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.4, 0.1])
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_packed_bit_dropout_drops_at_the_requested_rate(rate, impl):
+    x = jnp.ones((4000, 37))  # odd width: exercises the slice of the packed words
+    out = dropout(x, rate, jax.random.key(0, impl=impl))
+    dropped = float(jnp.mean(out == 0))
+    # 148k Bernoulli draws: the std of the fraction is ~0.0013.
+    assert abs(dropped - rate) < 0.006, dropped
+    np.testing.assert_allclose(float(out.mean()), 1.0, atol=0.015)  # inverted scaling keeps the mean
+    kept = np.asarray(out)[np.asarray(out) != 0]
+    np.testing.assert_allclose(kept, 1.0 / (1.0 - rate), rtol=1e-4)
+    # columns are not correlated through the packing: each column drops at the rate too
+    per_column = np.asarray(out == 0).mean(0)
+    assert per_column.min() > rate - 0.04 and per_column.max() < rate + 0.04

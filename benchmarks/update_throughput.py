@@ -1,0 +1,142 @@
+"""CPL-phase update throughput of the jitted, scanned learner, against matmul peak.
+
+Times `learner.train` (CPL phase) after a compile warm-up, over several scanned
+calls with `block_until_ready`, for the reference configuration (2x512, dropout
+0.25, 96 pairs x 64 steps, obs 39, act 4) and a smaller CPU preset, and reports
+steps/s, pairs/s and achieved GFLOP/s (6 x params x rows per step: forward 2,
+backward 4 flops per parameter per row) next to a jitted 2048^2 float32 matmul
+measured in the same run.
+
+Usage:
+  PYTHONPATH=. python benchmarks/update_throughput.py
+  PYTHONPATH=. python benchmarks/update_throughput.py --presets reference --dropout-prng threefry2x32 rbg
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start_phase, train
+
+PRESETS = {
+    # The CPL/PLARE reference configuration.
+    "reference": LearnerConfig(hidden_dims=(512, 512), dropout_rate=0.25, batch_pairs=96),
+    # Proposed CPU preset: a quarter of the width, a third of the pairs per step.
+    "cpu": LearnerConfig(hidden_dims=(256, 256), dropout_rate=0.25, batch_pairs=32),
+}
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted n x n float32 matmul (best of `repeats`)."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(n, n)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(n, n)), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def count_params(state: LearnerState) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+
+def measure_update_throughput(
+    config: LearnerConfig,
+    *,
+    seq_len: int = 64,
+    obs_dim: int = 39,
+    act_dim: int = 4,
+    num_pairs: int = 1000,
+    steps_per_call: int = 10,
+    calls: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Times CPL-phase `train` calls on synthetic data resident on device.
+
+    Returns:
+      steps_per_s, pairs_per_s, gflops (achieved, 6 x params x rows x steps/s),
+      params, compile_s (first call, including compilation).
+    """
+    rng = np.random.default_rng(seed)
+    data = PreferenceData.create(
+        rng.normal(size=(num_pairs, 2, seq_len, obs_dim)).astype(np.float32),
+        rng.uniform(-1, 1, size=(num_pairs, 2, seq_len, act_dim)).astype(np.float32),
+        rng.integers(0, 2, size=num_pairs),
+    )
+    state = start_phase(LearnerState.create(jax.random.key(seed), config, obs_dim, act_dim), "cpl")
+    key = jax.random.key(seed + 1)
+    start = time.perf_counter()
+    state, _ = train(state, data, key, steps_per_call, phase="cpl", metrics_every=steps_per_call)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        state, metrics = train(state, data, key, steps_per_call, phase="cpl", metrics_every=steps_per_call)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+    # Best call: on a shared machine, other processes only ever slow a call down.
+    steps_per_s = steps_per_call / float(np.min(times))
+    params = count_params(state)
+    rows = config.batch_pairs * 2 * seq_len
+    return {
+        "steps_per_s": steps_per_s,
+        "pairs_per_s": steps_per_s * config.batch_pairs,
+        "gflops": 6.0 * params * rows * steps_per_s / 1e9,
+        "params": float(params),
+        "compile_s": compile_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument(
+        "--dropout-prng", nargs="+", default=["rbg"], choices=["threefry2x32", "rbg", "unsafe_rbg", "none"],
+        help="PRNG implementation(s) for dropout masks; 'none' = dropout off (the cost of dropout)",
+    )
+    parser.add_argument("--steps-per-call", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=64)
+    args = parser.parse_args()
+
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}")
+    # The peak is re-measured next to every configuration (and the larger of the
+    # two kept), so a load change on a shared machine shows up in both numbers.
+    header = (
+        f"{'preset':<10} {'dropout':<13} {'params':>9} {'steps/s':>8} {'pairs/s':>9} {'GFLOP/s':>8} "
+        f"{'peak':>7} {'of peak':>8} {'compile s':>9}"
+    )
+    print(header)
+    for preset in args.presets:
+        for impl in args.dropout_prng:
+            config = PRESETS[preset]
+            if impl == "none":
+                config = dataclasses.replace(config, dropout_rate=0.0)
+            else:
+                config = dataclasses.replace(config, dropout_prng=impl)
+            peak_before = measure_matmul_peak()
+            r = measure_update_throughput(
+                config, seq_len=args.seq_len, steps_per_call=args.steps_per_call, calls=args.calls
+            )
+            peak = max(peak_before, measure_matmul_peak())
+            print(
+                f"{preset:<10} {impl:<13} {int(r['params']):>9} {r['steps_per_s']:>8.2f} {r['pairs_per_s']:>9.1f} "
+                f"{r['gflops']:>8.1f} {peak:>7.1f} {r['gflops'] / peak:>8.0%} {r['compile_s']:>9.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
