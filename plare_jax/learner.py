@@ -78,8 +78,9 @@ class LearnerConfig:
     max_grad_norm: float | None = None
     """Clip gradients to this global norm (None = no clipping)."""
     dropout_prng: str = "threefry2x32"
-    """PRNG implementation for dropout masks: "threefry2x32" (bitwise identical on
-    any device count), "rbg" or "unsafe_rbg" (faster on CPU)."""
+    """PRNG implementation for dropout masks: "threefry2x32" (default: with packed
+    mask bits it was the fastest on CPU, and identical on any device count), "rbg"
+    or "unsafe_rbg" (XLA RngBitGenerator; slower on CPU here, may pay off on GPU/TPU)."""
 
     def __post_init__(self):
         if self.head not in HEADS:
