@@ -126,9 +126,13 @@ class PreferenceData(flax.struct.PyTreeNode):
         lab = jnp.asarray(labels, jnp.float32)
         if lab.shape != (num_pairs,):
             raise ValueError(f"labels must be [P]=({num_pairs},), got {lab.shape}")
+        if bool(jnp.any((lab < 0) | (lab > 1))):
+            raise ValueError("labels must be probabilities in [0, 1] (0 = first better, 1 = second, 0.5 = tie)")
         w = jnp.ones((num_pairs,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
         if w.shape != (num_pairs,):
             raise ValueError(f"weights must be [P]=({num_pairs},), got {w.shape}")
+        if bool(jnp.any(w < 0)):
+            raise ValueError("weights must be >= 0 (0 drops a pair, e.g. an 'unsure' VLM answer)")
         m = jnp.ones((num_pairs, 2, seg_len), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
         if m.shape != (num_pairs, 2, seg_len):
             raise ValueError(f"mask must be [P, 2, T]={(num_pairs, 2, seg_len)}, got {m.shape}")

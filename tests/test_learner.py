@@ -216,5 +216,9 @@ def test_train_rejects_bad_calls_with_clear_errors():
         start_phase(state, "rl")
     with pytest.raises(ValueError, match="labels"):
         PreferenceData.create(np.zeros((3, 2, 4, O)), np.zeros((3, 2, 4, A)), np.zeros(4))
+    with pytest.raises(ValueError, match="probabilities"):
+        PreferenceData.create(np.zeros((3, 2, 4, O)), np.zeros((3, 2, 4, A)), np.array([0.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        PreferenceData.create(np.zeros((3, 2, 4, O)), np.zeros((3, 2, 4, A)), np.zeros(3), weights=-np.ones(3))
     with pytest.raises(ValueError, match="dropout_prng"):
         LearnerConfig(dropout_prng="philox")
