@@ -11,10 +11,9 @@ variables (actions in the data lie in [-1, 1] anyway).
 Dropout randomness comes from an explicit key argument rather than from
 `nnx.Rngs` held in the module, so the learner can run the network as a pure
 function inside `jax.jit`/`lax.scan` and choose the PRNG implementation of the
-dropout key. Masks are drawn from 8 (or 16) random bits per unit instead of a
-float uniform per unit (`jax.random.bernoulli`): one 32-bit word serves four
-units, which made mask generation ~9x cheaper on CPU, where it otherwise costs
-more than the matmuls of a 2x512 MLP (see benchmarks/update_throughput.py).
+dropout key. Masks use as few random bits per unit as the rate allows (2 for
+the reference 0.25) instead of a float uniform per unit (`jax.random.bernoulli`);
+see `dropout` and benchmarks/update_throughput.py.
 """
 
 from __future__ import annotations
@@ -33,26 +32,30 @@ LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 
 
-def _dropout_threshold(rate: float) -> tuple[int, jnp.dtype, float]:
-    """Bits per unit, the drop threshold and the effective rate for `rate`.
+def _dropout_bits(rate: float) -> tuple[int, int, float]:
+    """Random bits per unit, the drop threshold and the effective rate for `rate`.
 
-    8 bits when `rate` is a multiple of 1/256 (0.25, 0.5, ...: exact), else 16 bits
-    (rate rounded to a multiple of 1/65536, an error below 8e-6).
+    The fewest bits b in (1, 2, 4, 8) with rate * 2^b an integer (exact: 0.5 -> 1
+    bit, 0.25 -> 2 bits, 0.375 -> 3 -> 4 bits), else 16 bits (rate rounded to a
+    multiple of 1/65536, an error below 8e-6).
     """
-    for dtype, levels in ((jnp.uint8, 256), (jnp.uint16, 65536)):
-        threshold = round(rate * levels)
-        if abs(threshold - rate * levels) < 1e-9 or levels == 65536:
-            return threshold, dtype, threshold / levels
-    raise AssertionError("unreachable")
+    for bits in (1, 2, 4, 8):
+        threshold = rate * (1 << bits)
+        if abs(threshold - round(threshold)) < 1e-9:
+            return bits, round(threshold), rate
+    threshold = round(rate * 65536)
+    return 16, threshold, threshold / 65536
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-    """Inverted dropout with masks from packed random bits.
+    """Inverted dropout with masks unpacked from 32-bit random words.
 
-    Each unit is dropped when its 8-bit (or 16-bit) random integer is below
-    `rate * 2^bits`, and kept units are scaled by 1 / (1 - rate). The bits are
-    drawn as 32-bit words over `x.shape[:-1] + (words,)`, so the leading (batch)
-    axes stay partitionable under sharding.
+    Each unit gets b random bits (see `_dropout_bits`: 2 for rate 0.25, so one
+    32-bit word serves 16 units); it is dropped when their value is below
+    `rate * 2^b`, and kept units are scaled by 1 / (1 - rate). Why: a float
+    uniform per unit (`jax.random.bernoulli`) made mask generation cost more than
+    the matmuls of the reference 2x512 MLP on CPU. The words are drawn over
+    `x.shape[:-1] + (words,)`, so the leading (batch) axes stay partitionable.
 
     Args:
       x: `[..., H]` activations.
@@ -64,13 +67,15 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     """
     if rate == 0.0:
         return x
-    threshold, dtype, effective_rate = _dropout_threshold(rate)
-    per_word = 4 // jnp.dtype(dtype).itemsize
+    bits, threshold, effective_rate = _dropout_bits(rate)
+    per_word = 32 // bits
     width = x.shape[-1]
     words = -(-width // per_word)
-    bits = jax.random.bits(key, x.shape[:-1] + (words,), jnp.uint32)
-    units = jax.lax.bitcast_convert_type(bits, dtype).reshape(x.shape[:-1] + (words * per_word,))
-    keep = units[..., :width] >= threshold
+    raw = jax.random.bits(key, x.shape[:-1] + (words,), jnp.uint32)
+    shifts = jnp.arange(per_word, dtype=jnp.uint32) * bits
+    units = (raw[..., None] >> shifts) & jnp.uint32((1 << bits) - 1)
+    units = units.reshape(x.shape[:-1] + (words * per_word,))[..., :width]
+    keep = units >= threshold
     return jnp.where(keep, x * (1.0 / (1.0 - effective_rate)), 0.0).astype(x.dtype)
 
 

@@ -107,7 +107,7 @@ def test_bad_configuration_and_inputs_raise():
         model.log_prob(jnp.zeros((2, O)), jnp.zeros((2, A + 1)))
 
 
-@pytest.mark.parametrize("rate", [0.25, 0.4, 0.1])
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.375, 0.4, 0.1])
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_packed_bit_dropout_drops_at_the_requested_rate(rate, impl):
     x = jnp.ones((4000, 37))  # odd width: exercises the slice of the packed words
