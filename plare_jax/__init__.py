@@ -10,6 +10,8 @@ same reason.
 __version__ = "0.1.0"
 
 from plare_jax.learner import (
+    CPU_CONFIG,
+    REFERENCE_CONFIG,
     LearnerConfig,
     LearnerState,
     PreferenceData,
@@ -43,6 +45,8 @@ __all__ = [
     # policy and learner
     "PolicyMLP",
     "LearnerConfig",
+    "REFERENCE_CONFIG",
+    "CPU_CONFIG",
     "LearnerState",
     "PreferenceData",
     "TransitionData",

@@ -32,6 +32,8 @@ from plare_jax.sharding import check_divisible, constrain_batch, replicate
 
 __all__ = [
     "LearnerConfig",
+    "REFERENCE_CONFIG",
+    "CPU_CONFIG",
     "PreferenceData",
     "TransitionData",
     "LearnerState",
@@ -95,6 +97,13 @@ class LearnerConfig:
         if self.warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("warmup_steps must be >= 0 and learning_rate > 0")
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+
+
+# The CPL/PLARE reference configuration (GPU-scale: ~1.5-2 days of CPU for 500k steps).
+REFERENCE_CONFIG = LearnerConfig()
+# Proposed CPU preset: half the width (a quarter of the hidden-layer flops per row),
+# a third of the pairs per step, and a warm-up suited to tens of thousands of steps.
+CPU_CONFIG = LearnerConfig(hidden_dims=(256, 256), batch_pairs=32, bc_batch_size=32 * 64, warmup_steps=2_000)
 
 
 class PreferenceData(flax.struct.PyTreeNode):
