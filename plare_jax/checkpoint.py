@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -116,12 +117,12 @@ def restore_state(manager: ocp.CheckpointManager, target: LearnerState, step: in
         raise ValueError(f"checkpoint {step} has unknown phase {meta.get('phase')!r}")
     saved_config = meta.get("config", {})
     target_config = dataclasses.asdict(target.config)
-    differing = sorted(k for k in target_config if k in saved_config and _normalise(saved_config[k]) != _normalise(target_config[k]))
+    differing = sorted(
+        k for k in target_config if k in saved_config and _normalise(saved_config[k]) != _normalise(target_config[k])
+    )
     if differing:
         # Loss/optimizer settings may legitimately change on resume; architecture may not
         # (orbax would already have failed on shapes). Report rather than refuse.
-        import warnings
-
         warnings.warn(f"restoring checkpoint {step} into a state whose config differs in {differing}", stacklevel=2)
     arrays = restored[_ARRAYS]
     return target.replace(phase=meta["phase"], **arrays)

@@ -1,5 +1,7 @@
 """Save at step k, restore, continue: identical to an uninterrupted run."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -71,3 +73,13 @@ def test_restore_from_empty_directory_is_a_clear_error(tmp_path):
         assert latest_step(manager) is None
         with pytest.raises(FileNotFoundError, match="no checkpoint"):
             restore_state(manager, LearnerState.create(jax.random.key(0), CONFIG, O, A))
+
+
+def test_restoring_into_a_different_loss_config_warns(tmp_path):
+    state = LearnerState.create(jax.random.key(0), CONFIG, O, A)
+    with make_checkpoint_manager(tmp_path) as manager:
+        save_state(manager, state)
+        other = LearnerState.create(jax.random.key(0), dataclasses.replace(CONFIG, bias=0.9), O, A)
+        with pytest.warns(UserWarning, match=r"\['bias'\]"):
+            restored = restore_state(manager, other)
+    assert restored.config.bias == 0.9  # the target's config wins

@@ -21,7 +21,6 @@ from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start
 from plare_jax.sharding import (
     check_divisible,
     constrain_batch,
-    initialize_distributed,
     make_data_mesh,
     replicate,
 )
