@@ -28,7 +28,7 @@ from flax import nnx
 
 from plare_jax import losses
 from plare_jax.networks import HEADS, PolicyMLP
-from plare_jax.sharding import check_divisible, constrain_batch, replicate
+from plare_jax.sharding import check_divisible, constrain_batch, place
 
 __all__ = [
     "LearnerConfig",
@@ -420,8 +420,7 @@ def train(
     _check_data(state, data, phase)
     batch_size = state.config.batch_pairs if phase == "cpl" else state.config.bc_batch_size
     check_divisible(batch_size, mesh, "batch_pairs" if phase == "cpl" else "bc_batch_size")
-    if mesh is not None:
-        state, data, key = replicate((state, data, key), mesh)
+    state, data, key = place((state, data, key), mesh)
     return _train_jit(
         state, data, key, num_steps=int(num_steps), metrics_every=int(metrics_every), phase=phase, mesh=mesh
     )
@@ -437,7 +436,7 @@ def make_policy_fn(state: LearnerState) -> Callable[[np.ndarray], np.ndarray]:
 
     For the Gaussian head the action is the mean. Each new batch size B compiles once.
     """
-    graphdef, params = state.graphdef, state.params
+    graphdef, params = state.graphdef, place(state.params, None)
     obs_dim = state.obs_dim
 
     def policy(obs: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ __all__ = [
     "DATA_AXIS",
     "make_data_mesh",
     "replicate",
+    "place",
     "shard_batch",
     "constrain_batch",
     "check_divisible",
@@ -70,6 +71,19 @@ def replicate(tree: T, mesh: Mesh | None) -> T:
     if mesh is None:
         return tree
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def place(tree: T, mesh: Mesh | None) -> T:
+    """Replicates `tree` over `mesh`, or commits it to the default device without one.
+
+    Committing matters for jit's cache: arrays restored from a checkpoint arrive
+    committed to a device while freshly created ones do not, and jit compiles once
+    per such placement signature. Putting every input in one placement keeps it
+    to one compilation. Already-placed arrays are not copied.
+    """
+    if mesh is None:
+        return jax.device_put(tree, jax.devices()[0])
+    return replicate(tree, mesh)
 
 
 def shard_batch(tree: T, mesh: Mesh | None) -> T:

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from plare_jax.checkpoint import latest_step, make_checkpoint_manager, restore_state, save_state
+from plare_jax import learner
 from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start_phase, train
 
 O, A = 5, 2
@@ -46,7 +47,9 @@ def test_resume_equals_uninterrupted_run_with_optax_types(tmp_path, data):
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(at_k)):
         np.testing.assert_array_equal(a, b)
 
+    compiled = learner._train_jit._cache_size()
     resumed, _ = train(restored, data, key, 6, phase="cpl", metrics_every=2)
+    assert learner._train_jit._cache_size() == compiled  # restored arrays reuse the compiled step
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
