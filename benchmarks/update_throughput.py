@@ -152,6 +152,10 @@ def main() -> None:
         "--dropout-prng", nargs="+", default=["threefry2x32", "rbg", "none"], choices=["threefry2x32", "rbg", "unsafe_rbg", "none"],
         help="PRNG implementation(s) for dropout masks; 'none' = dropout off (the cost of dropout)",
     )
+    parser.add_argument(
+        "--dropout-mask", nargs="+", default=["packed"], choices=["packed", "bernoulli"],
+        help="how dropout masks are drawn (bernoulli = one float uniform per unit, as nnx.Dropout)",
+    )
     parser.add_argument("--steps-per-call", type=int, default=10)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--seq-len", type=int, default=64)
@@ -161,7 +165,7 @@ def main() -> None:
     # "peak": best 2048^2 matmul sample; "of peak": median over calls of the achieved
     # rate over the matmul peak sampled right before that call (robust to load drift).
     header = (
-        f"{'preset':<10} {'dropout':<13} {'params':>9} {'steps/s':>8} {'pairs/s':>9} {'GFLOP/s':>8} "
+        f"{'preset':<10} {'dropout':<22} {'params':>9} {'steps/s':>8} {'pairs/s':>9} {'GFLOP/s':>8} "
         f"{'peak':>7} {'of peak':>8} {'compile s':>9}"
     )
     print(header)
@@ -178,21 +182,26 @@ def main() -> None:
         ratio = float(np.median([6.0 * params * rows / t / 1e9 / p for t, p in samples]))
         gflops = 6.0 * params * rows / bound_s / 1e9
         print(
-            f"{preset:<10} {'matmuls only':<13} {params:>9} {1 / bound_s:>8.2f} {config.batch_pairs / bound_s:>9.1f} "
+            f"{preset:<10} {'matmuls only':<22} {params:>9} {1 / bound_s:>8.2f} {config.batch_pairs / bound_s:>9.1f} "
             f"{gflops:>8.1f} {max(p for _, p in samples):>7.1f} {ratio:>8.0%} {'':>9}",
             flush=True,
         )
-        for impl in args.dropout_prng:
+        variants = [
+            (f"{impl}" if len(args.dropout_mask) == 1 else f"{impl}/{mask}", impl, mask)
+            for impl in args.dropout_prng
+            for mask in (args.dropout_mask if impl != "none" else ["packed"])
+        ]
+        for label, impl, mask in variants:
             config = PRESETS[preset]
             if impl == "none":
                 config = dataclasses.replace(config, dropout_rate=0.0)
             else:
-                config = dataclasses.replace(config, dropout_prng=impl)
+                config = dataclasses.replace(config, dropout_prng=impl, dropout_mask=mask)
             r = measure_update_throughput(
                 config, seq_len=args.seq_len, steps_per_call=args.steps_per_call, calls=args.calls
             )
             print(
-                f"{preset:<10} {impl:<13} {int(r['params']):>9} {r['steps_per_s']:>8.2f} {r['pairs_per_s']:>9.1f} "
+                f"{preset:<10} {label:<22} {int(r['params']):>9} {r['steps_per_s']:>8.2f} {r['pairs_per_s']:>9.1f} "
                 f"{r['gflops']:>8.1f} {r['peak_gflops']:>7.1f} {r['of_peak']:>8.0%} {r['compile_s']:>9.1f}",
                 flush=True,
             )

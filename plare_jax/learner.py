@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from plare_jax import losses
-from plare_jax.networks import HEADS, PolicyMLP
+from plare_jax.networks import DROPOUT_MASKS, HEADS, PolicyMLP
 from plare_jax.sharding import check_divisible, constrain_batch, place
 
 __all__ = [
@@ -84,9 +84,16 @@ class LearnerConfig:
     mask bits it was the fastest on CPU, and identical on any device count), "rbg"
     or "unsafe_rbg" (XLA RngBitGenerator; slower on CPU here, may pay off on GPU/TPU)."""
 
+    dropout_mask: str = "packed"
+    """How dropout masks are drawn: "packed" (2 random bits per unit at rate 0.25;
+    2.4x faster updates on CPU for the reference config) or "bernoulli" (a float
+    uniform per unit, as `jax.random.bernoulli`/nnx.Dropout do)."""
+
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.dropout_mask not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_mask must be one of {DROPOUT_MASKS}, got {self.dropout_mask!r}")
         if self.dropout_prng not in DROPOUT_PRNG_IMPLS:
             raise ValueError(f"dropout_prng must be one of {DROPOUT_PRNG_IMPLS}, got {self.dropout_prng!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -211,6 +218,7 @@ class LearnerState(flax.struct.PyTreeNode):
             act_dim,
             hidden_dims=config.hidden_dims,
             dropout_rate=config.dropout_rate,
+            dropout_mask=config.dropout_mask,
             head=config.head,
             state_dependent_std=config.state_dependent_std,
             rngs=nnx.Rngs(key),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["PolicyMLP", "dropout", "HEADS", "LOG_STD_MIN", "LOG_STD_MAX"]
+__all__ = ["PolicyMLP", "dropout", "DROPOUT_MASKS", "HEADS", "LOG_STD_MIN", "LOG_STD_MAX"]
 
 HEADS = ("deterministic", "gaussian")
 LOG_STD_MIN = -5.0
@@ -47,7 +47,10 @@ def _dropout_bits(rate: float) -> tuple[int, int, float]:
     return 16, threshold, threshold / 65536
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+DROPOUT_MASKS = ("packed", "bernoulli")
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array, *, mask: str = "packed") -> jax.Array:
     """Inverted dropout with masks unpacked from 32-bit random words.
 
     Each unit gets b random bits (see `_dropout_bits`: 2 for rate 0.25, so one
@@ -61,12 +64,19 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
       x: `[..., H]` activations.
       rate: drop probability in [0, 1).
       key: PRNG key (any implementation).
+      mask: "packed" (as above) or "bernoulli" (`jax.random.bernoulli`, one float
+        uniform per unit; kept for comparison in the benchmark).
 
     Returns:
       `[..., H]` activations with dropout applied.
     """
     if rate == 0.0:
         return x
+    if mask == "bernoulli":
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+    if mask != "packed":
+        raise ValueError(f"mask must be one of {DROPOUT_MASKS}, got {mask!r}")
     bits, threshold, effective_rate = _dropout_bits(rate)
     per_word = 32 // bits
     width = x.shape[-1]
@@ -87,6 +97,7 @@ class PolicyMLP(nnx.Module):
       act_dim: action size A.
       hidden_dims: widths of the hidden layers (reference: (512, 512)).
       dropout_rate: dropout after every hidden ReLU (reference: 0.25-0.4).
+      dropout_mask: how masks are drawn, "packed" (fast) or "bernoulli"; see `dropout`.
       head: "deterministic" (log pi = -||mu - a||^2) or "gaussian".
       state_dependent_std: Gaussian head only; log-std from a linear output
         of the last hidden layer instead of one learned vector.
@@ -100,6 +111,7 @@ class PolicyMLP(nnx.Module):
         *,
         hidden_dims: Sequence[int] = (512, 512),
         dropout_rate: float = 0.25,
+        dropout_mask: str = "packed",
         head: str = "deterministic",
         state_dependent_std: bool = False,
         rngs: nnx.Rngs,
@@ -114,7 +126,10 @@ class PolicyMLP(nnx.Module):
         self.act_dim = act_dim
         self.head = head
         self.state_dependent_std = state_dependent_std
+        if dropout_mask not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_mask must be one of {DROPOUT_MASKS}, got {dropout_mask!r}")
         self.dropout_rate = dropout_rate
+        self.dropout_mask = dropout_mask
         dims = (obs_dim, *hidden_dims)
         self.hidden = nnx.List(
             [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])]
@@ -139,7 +154,7 @@ class PolicyMLP(nnx.Module):
         for layer, key in zip(self.hidden, keys):
             x = jax.nn.relu(layer(x))
             if key is not None:
-                x = dropout(x, self.dropout_rate, key)
+                x = dropout(x, self.dropout_rate, key, mask=self.dropout_mask)
         return x
 
     def __call__(self, obs: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:

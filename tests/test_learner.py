@@ -173,6 +173,7 @@ def test_bc_on_transitions_and_zero_weight_update_is_a_no_op():
         {"max_grad_norm": 1.0, "bc_weight": 0.5},
         {"dropout_prng": "threefry2x32"},
         {"dropout_prng": "unsafe_rbg"},
+        {"dropout_mask": "bernoulli"},
     ],
 )
 def test_config_variants_train_with_finite_metrics(overrides):

@@ -100,6 +100,8 @@ def test_bad_configuration_and_inputs_raise():
         make("beta")
     with pytest.raises(ValueError, match="dropout"):
         make(dropout_rate=1.0)
+    with pytest.raises(ValueError, match="dropout_mask"):
+        make(dropout_mask="gaussian")
     model = make()
     with pytest.raises(ValueError, match="features"):
         model(jnp.zeros((2, O + 1)))
@@ -109,9 +111,10 @@ def test_bad_configuration_and_inputs_raise():
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.375, 0.4, 0.1])
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
-def test_packed_bit_dropout_drops_at_the_requested_rate(rate, impl):
+@pytest.mark.parametrize("mask", ["packed", "bernoulli"])
+def test_dropout_drops_at_the_requested_rate(rate, impl, mask):
     x = jnp.ones((4000, 37))  # odd width: exercises the slice of the packed words
-    out = dropout(x, rate, jax.random.key(0, impl=impl))
+    out = dropout(x, rate, jax.random.key(0, impl=impl), mask=mask)
     dropped = float(jnp.mean(out == 0))
     # 148k Bernoulli draws: the std of the fraction is ~0.0013.
     assert abs(dropped - rate) < 0.006, dropped
