@@ -1,10 +1,10 @@
 """plare-jax: offline robot policy learning from VLM preference labels (PLARE) in JAX.
 
-The public surface of the core library is re-exported here; the MetaWorld side
-(`plare_jax.envs`, `plare_jax.data`) and the labelers (`plare_jax.labeling`) are
-imported from their subpackages so that `import plare_jax` stays light.
-Checkpointing (orbax) is imported from `plare_jax.checkpoint` on demand for the
-same reason.
+The public surface of the core library (losses, policy, learner, devices) is
+re-exported here. The MetaWorld side (`plare_jax.envs`, `plare_jax.data`), the
+labelers (`plare_jax.labeling`) and checkpointing (`plare_jax.checkpoint`, orbax)
+are imported from their subpackages, so `import plare_jax` pulls in no simulator,
+HTTP client or orbax.
 """
 
 __version__ = "0.1.0"
