@@ -1,0 +1,382 @@
+"""CPL update throughput: plare-jax's scanned update vs a PyTorch-eager baseline, side by side.
+
+Rows, each in its own process (peak host memory per row):
+- `peak`: a jitted 2048^2 float32 matmul (best of several), GFLOP/s; measured at the
+  start and the end of the run, utilisation is relative to the best of the two.
+- `update` / jax: `plare_jax.learner.train(phase="cpl")`, device-resident data,
+  minibatches drawn with `jax.random` inside `lax.scan`, one host sync per call.
+- `update` / torch: the same network, loss and batch written the way the CPL
+  reference trains: eager, one optimizer step per Python call, the minibatch
+  sampled on the host with numpy and copied in, a host sync per step (`.item()`).
+  CUDA when torch sees a GPU, else CPU.
+- `scaling` / jax: the same update on a 1-D data mesh of 1, 2, 4 devices (forced
+  host devices via XLA_FLAGS on CPU; real devices on a GPU/TPU host).
+
+Achieved FLOP/s = 6 x params x rows x steps/s (forward 2 + backward 4 flops per
+parameter per row; rows = pairs x 2 segments x T steps).
+
+    PYTHONPATH=. python benchmarks/training.py                 # full run, ~3 min on 2 cores
+    PYTHONPATH=. python benchmarks/training.py --tiny          # seconds (tests, CI)
+    PYTHONPATH=. python benchmarks/training.py --presets reference --dropout-prng threefry2x32 rbg none
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import statistics
+import sys
+import time
+from typing import Literal
+
+import numpy as np
+import tyro
+
+from benchmarks.common import (
+    default_out,
+    jax_device_memory,
+    machine_info,
+    markdown_table,
+    peak_rss_mib,
+    run_isolated,
+    write_json,
+)
+
+DropoutPrng = Literal["threefry2x32", "rbg", "unsafe_rbg", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One training configuration to time (synthetic data of the right shapes)."""
+
+    name: str
+    hidden_dims: tuple[int, ...]
+    batch_pairs: int
+    seq_len: int = 64
+    obs_dim: int = 39
+    act_dim: int = 4
+    dropout_rate: float = 0.25
+    num_pairs: int = 1000
+    steps_per_call: int = 10
+    """JAX: updates per `train` call (one host sync per call)."""
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_pairs * 2 * self.seq_len
+
+    @property
+    def params(self) -> int:
+        dims = (self.obs_dim, *self.hidden_dims, self.act_dim)
+        return sum(i * o + o for i, o in zip(dims[:-1], dims[1:]))
+
+    @property
+    def flops_per_step(self) -> float:
+        return 6.0 * self.params * self.rows_per_step
+
+
+WORKLOADS = {
+    # The CPL/PLARE reference configuration: 2x512, 96 pairs x 64 steps.
+    "reference": Workload("reference", (512, 512), 96, steps_per_call=10),
+    # The quick CPU preset of the experiment: 2x256, 32 pairs x 64 steps.
+    "cpu": Workload("cpu", (256, 256), 32, steps_per_call=50),
+}
+TINY_WORKLOADS = {
+    name: dataclasses.replace(w, hidden_dims=(32, 32), batch_pairs=8, seq_len=16, num_pairs=64, steps_per_call=4)
+    for name, w in WORKLOADS.items()
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingBenchConfig:
+    """CPL update throughput: plare-jax vs PyTorch eager, matmul peak, device scaling."""
+
+    presets: tuple[Literal["reference", "cpu"], ...] = ("reference", "cpu")
+    """Training configurations to time (reference: 2x512, 96 pairs; cpu: 2x256, 32 pairs)."""
+    impls: tuple[Literal["jax", "torch"], ...] = ("jax", "torch")
+    """Implementations to time side by side."""
+    dropout_prng: tuple[DropoutPrng, ...] = ("rbg",)
+    """JAX dropout PRNG implementation(s) (LearnerConfig.dropout_prng); 'none' = dropout off, to see its cost."""
+    devices: tuple[int, ...] = (1, 2, 4)
+    """Device counts of the scaling rows (empty: no scaling rows)."""
+    scaling_preset: Literal["reference", "cpu"] = "reference"
+    """Configuration of the scaling rows."""
+    seconds: float = 10.0
+    """Minimum timed seconds per row (after the compile / warm-up call)."""
+    repeats: int = 1
+    """Run every row this many times, interleaved; the table shows the median."""
+    matmul_size: int = 2048
+    """Side of the square float32 matmul that measures the peak."""
+    tiny: bool = False
+    """Tiny sizes (32-wide MLP, 8 pairs x 16 steps, 256^2 matmul, 1-2 devices): a smoke run in seconds."""
+    out: pathlib.Path | None = None
+    """JSON output path (default benchmarks/out/training.json)."""
+    seed: int = 0
+    """Seed of the synthetic data, parameters and minibatches."""
+
+    def __post_init__(self):
+        if self.seconds <= 0 or self.repeats < 1:
+            raise ValueError("seconds must be > 0 and repeats >= 1")
+        if any(d < 1 for d in self.devices):
+            raise ValueError(f"device counts must be >= 1, got {self.devices}")
+
+    def workload(self, name: str) -> Workload:
+        return (TINY_WORKLOADS if self.tiny else WORKLOADS)[name]
+
+
+# ----------------------------------------------------------------------------- rows (run in child processes)
+
+
+def matmul_peak_row(n: int, repeats: int = 10) -> dict:
+    """GFLOP/s of a jitted n x n float32 matmul, best of `repeats` (JAX's default device)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    b = jnp.asarray(rng.standard_normal((n, n), np.float32))
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return {
+        "kind": "peak", "impl": "jax", "preset": f"matmul {n}^2", "device": str(jax.devices()[0].platform),
+        "gflops": 2.0 * n**3 / best / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
+    }  # fmt: skip
+
+
+def _synthetic_pairs(w: Workload, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((w.num_pairs, 2, w.seq_len, w.obs_dim), np.float32)
+    act = rng.uniform(-1, 1, size=(w.num_pairs, 2, w.seq_len, w.act_dim)).astype(np.float32)
+    labels = rng.integers(0, 2, size=w.num_pairs).astype(np.float32)
+    return obs, act, labels
+
+
+def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds: float, seed: int) -> dict:
+    """Times `learner.train(phase="cpl")`: a compile call, then calls until `seconds` have passed.
+
+    `devices` None: no mesh, as a user runs it on one device (an `update` row);
+    an int: a data mesh over that many devices (a `scaling` row).
+    """
+    import jax
+
+    from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start_phase, train
+    from plare_jax.sharding import make_data_mesh
+
+    kind = "update" if devices is None else "scaling"
+    base = {"kind": kind, "impl": "jax", "preset": w.name, "devices": devices or 1, "dropout_prng": dropout_prng}
+    if (devices or 1) > jax.device_count():
+        return {**base, "skipped": f"only {jax.device_count()} devices"}
+    config = LearnerConfig(
+        hidden_dims=w.hidden_dims,
+        dropout_rate=0.0 if dropout_prng == "none" else w.dropout_rate,
+        dropout_prng="rbg" if dropout_prng == "none" else dropout_prng,
+        batch_pairs=w.batch_pairs,
+    )
+    mesh = None if devices is None else make_data_mesh(jax.devices()[:devices])
+    data = PreferenceData.create(*_synthetic_pairs(w, seed))
+    state = start_phase(LearnerState.create(jax.random.key(seed), config, w.obs_dim, w.act_dim), "cpl")
+    key = jax.random.key(seed + 1)
+    n = w.steps_per_call
+
+    start = time.perf_counter()
+    state, metrics = train(state, data, key, n, phase="cpl", metrics_every=n, mesh=mesh)
+    jax.block_until_ready((state, metrics))
+    compile_s = time.perf_counter() - start
+
+    steps, start = 0, time.perf_counter()
+    while True:
+        # Block on every call: forced host devices can abort on a rendezvous
+        # timeout when many collective-running calls are queued (FIELD_NOTES).
+        state, metrics = train(state, data, key, n, phase="cpl", metrics_every=n, mesh=mesh)
+        jax.block_until_ready((state, metrics))
+        steps += n
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and steps >= 2 * n:
+            break
+    if not np.isfinite(float(metrics["loss"][-1])):
+        raise FloatingPointError(f"JAX update diverged on {w.name}")
+    steps_per_s = steps / elapsed
+    return {
+        **base, "device": str(jax.devices()[0].platform), "params": w.params, "rows_per_step": w.rows_per_step,
+        "steps": steps, "wall_s": elapsed, "compile_s": compile_s, "steps_per_s": steps_per_s,
+        "pairs_per_s": steps_per_s * w.batch_pairs, "gflops": w.flops_per_step * steps_per_s / 1e9,
+        "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
+    }  # fmt: skip
+
+
+def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
+    """Times the PyTorch-eager baseline: host-sampled batch, one step and one `.item()` per Python call."""
+    import torch
+    from torch import nn
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    layers, width = [], w.obs_dim
+    for h in w.hidden_dims:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(w.dropout_rate)]
+        width = h
+    actor = nn.Sequential(*layers, nn.Linear(width, w.act_dim), nn.Tanh()).to(device)
+    optim = torch.optim.Adam(actor.parameters(), lr=1e-4)
+    warmup = 10_000
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda k: min(1.0, (k + 1) / warmup))
+    obs_all, act_all, labels_all = _synthetic_pairs(w, seed)
+    mask_all = np.ones(obs_all.shape[:3], np.float32)
+    rng = np.random.default_rng(seed + 1)
+    alpha, bias = 0.1, 0.5
+
+    def step() -> float:
+        idx = rng.integers(0, w.num_pairs, size=w.batch_pairs)
+        obs = torch.from_numpy(obs_all[idx]).to(device)
+        act = torch.from_numpy(act_all[idx]).to(device)
+        mask = torch.from_numpy(mask_all[idx]).to(device)
+        label = torch.from_numpy(labels_all[idx]).to(device)
+        mu = actor(obs.reshape(-1, w.obs_dim))
+        logp = -((mu - act.reshape(-1, w.act_dim)) ** 2).sum(-1).reshape(w.batch_pairs, 2, w.seq_len)
+        score = alpha * (logp * mask).sum(-1)  # [B, 2]
+        a1, a2 = score[:, 0], score[:, 1]
+        nn_f = torch.nn.functional
+        loss = (label * nn_f.softplus(-(a2 - bias * a1)) + (1 - label) * nn_f.softplus(-(a1 - bias * a2))).mean()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        return loss.item()  # the reference's per-step host sync
+
+    actor.train()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    warmup_s = time.perf_counter() - start
+    steps, start = 0, time.perf_counter()
+    while True:
+        loss = step()
+        steps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and steps >= 3:
+            break
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"torch baseline diverged on {w.name}")
+    steps_per_s = steps / elapsed
+    device_memory = None
+    if device.type == "cuda":
+        device_memory = {"peak_mib": torch.cuda.max_memory_allocated() / 1024.0**2}
+    return {
+        "kind": "update", "impl": f"torch-eager ({device.type}, {torch.get_num_threads()} threads)",
+        "preset": w.name, "devices": 1, "dropout_prng": "torch", "device": device.type, "params": w.params,
+        "rows_per_step": w.rows_per_step, "steps": steps, "wall_s": elapsed, "compile_s": warmup_s,
+        "steps_per_s": steps_per_s, "pairs_per_s": steps_per_s * w.batch_pairs,
+        "gflops": w.flops_per_step * steps_per_s / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": device_memory,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
+    """(row id, call, extra env) for every row of one repeat, in run order."""
+    plan = []
+    for preset in cfg.presets:
+        w = cfg.workload(preset)
+        for impl in cfg.impls:
+            if impl == "torch":
+                plan.append((f"torch/{preset}", (torch_update_row, w, cfg.seconds, cfg.seed), None))
+            else:
+                for prng in cfg.dropout_prng:
+                    plan.append((f"jax/{preset}/{prng}", (jax_update_row, w, prng, None, cfg.seconds, cfg.seed), None))
+    w = cfg.workload(cfg.scaling_preset)
+    for n in cfg.devices:
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        call = (jax_update_row, w, cfg.dropout_prng[0], n, cfg.seconds, cfg.seed)
+        plan.append((f"scaling/{n}", call, env))
+    return plan
+
+
+def _median_row(samples: list[dict]) -> dict:
+    """The sample with the median steps/s (or GFLOP/s for peak rows), with all samples attached."""
+    metric = "gflops" if samples[0]["kind"] == "peak" else "steps_per_s"
+    valid = [s for s in samples if metric in s]
+    if not valid:
+        return samples[0]
+    ordered = sorted(valid, key=lambda s: s[metric])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    if len(samples) > 1:
+        row[f"{metric}_samples"] = [s[metric] for s in valid]
+    return row
+
+
+def run(cfg: TrainingBenchConfig) -> dict:
+    """Runs every row (each in its own process) and returns the JSON payload."""
+    peak_n = 256 if cfg.tiny else cfg.matmul_size
+    plan = _plan(cfg)
+    samples: dict[str, list[dict]] = {"peak/start": [], "peak/end": []}
+    samples.update({row_id: [] for row_id, _, _ in plan})
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    total = cfg.repeats * (len(plan) + 2)
+    bar = tqdm(total=total, desc="training rows", unit="row", file=sys.stderr) if tqdm else None
+    for _ in range(cfg.repeats):
+        samples["peak/start"].append(run_isolated(matmul_peak_row, peak_n))
+        bar and bar.update()
+        for row_id, (fn, *args), env in plan:
+            if bar:
+                bar.set_postfix_str(row_id)
+            samples[row_id].append(run_isolated(fn, *args, env=env))
+            bar and bar.update()
+        samples["peak/end"].append(run_isolated(matmul_peak_row, peak_n))
+        bar and bar.update()
+    if bar:
+        bar.close()
+    rows = [_median_row(s) for s in samples.values()]
+    peak = max(r["gflops"] for r in rows if r["kind"] == "peak")
+    _derive(rows, peak)
+    return {
+        "benchmark": "training",
+        "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "matmul_peak_gflops": peak,
+        "machine": machine_info(extra_packages=("torch", "optax")),
+        "rows": rows,
+    }
+
+
+def _derive(rows: list[dict], peak: float) -> None:
+    """Adds utilisation (of the run's matmul peak), speed-up vs torch, scaling efficiency."""
+    torch_by_preset = {r["preset"]: r for r in rows if r["impl"].startswith("torch") and "steps_per_s" in r}
+    scaling_one = next((r for r in rows if r["kind"] == "scaling" and r.get("devices") == 1), None)
+    for r in rows:
+        if "gflops" in r and r["kind"] != "peak":
+            r["of_peak"] = r["gflops"] / peak
+        baseline = torch_by_preset.get(r.get("preset"))
+        if r["kind"] == "update" and baseline and "steps_per_s" in r:
+            r["vs_torch"] = r["steps_per_s"] / baseline["steps_per_s"]
+        if r["kind"] == "scaling" and scaling_one and "steps_per_s" in r:
+            r["vs_1_device"] = r["steps_per_s"] / scaling_one["steps_per_s"]
+
+
+COLUMNS = [
+    ("kind", "row"), ("impl", "impl"), ("preset", "config"), ("devices", "devices"), ("dropout_prng", "dropout PRNG"),
+    ("steps_per_s", "steps/s"), ("pairs_per_s", "pairs/s"), ("gflops", "GFLOP/s"), ("of_peak", "of peak"),
+    ("vs_torch", "vs torch"), ("vs_1_device", "vs 1 dev"), ("compile_s", "compile/warm-up s"),
+    ("peak_rss_mib", "peak RSS MiB"), ("device_peak_mib", "device peak MiB"),
+]  # fmt: skip
+
+
+def main(cfg: TrainingBenchConfig) -> dict:
+    payload = run(cfg)
+    for r in payload["rows"]:
+        r["device_peak_mib"] = (r.get("device_memory") or {}).get("peak_mib")
+        if "skipped" in r:
+            r["impl"] = f"{r['impl']} (skipped: {r['skipped']})"
+    path = write_json(cfg.out or default_out("training"), payload)
+    print(markdown_table(payload["rows"], COLUMNS))
+    print(f"\nmatmul peak {payload['matmul_peak_gflops']:.1f} GFLOP/s; JSON: {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main(tyro.cli(TrainingBenchConfig))
