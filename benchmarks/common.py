@@ -8,6 +8,7 @@ one JSON file (rows + machine) and print a markdown table of the same rows.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import json
@@ -78,9 +79,11 @@ def run_isolated(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None 
         timeout_s: Wall-clock limit of the call.
     """
     ctx = multiprocessing.get_context("spawn")
-    with _patched_environ(env), ctx.Pool(1) as pool:
-        pending = pool.apply_async(fn, args)
-        return pending.get(timeout=timeout_s)
+    with _patched_environ(env):
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        future = pool.submit(fn, *args)  # the worker process starts here, with `env`
+    with pool:
+        return future.result(timeout=timeout_s)
 
 
 def _cpu_model() -> str:

@@ -167,7 +167,10 @@ def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds:
     from plare_jax.sharding import make_data_mesh
 
     kind = "update" if devices is None else "scaling"
-    base = {"kind": kind, "impl": "jax", "preset": w.name, "devices": devices or 1, "dropout_prng": dropout_prng}
+    base = {
+        "kind": kind, "impl": "jax", "preset": w.name, "devices": devices or 1, "dropout_prng": dropout_prng,
+        "visible_devices": jax.device_count(),
+    }  # fmt: skip
     if (devices or 1) > jax.device_count():
         return {**base, "skipped": f"only {jax.device_count()} devices"}
     config = LearnerConfig(
