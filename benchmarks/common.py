@@ -36,7 +36,16 @@ OUT_DIR = pathlib.Path(__file__).resolve().parent / "out"
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's `ru_maxrss` keeps the high-water mark of the forked copy of the parent across
+    exec, so in a spawned child it is at least the parent's size at spawn time; VmHWM in
+    /proc/self/status is this process image's own peak. `ru_maxrss` where /proc is missing.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

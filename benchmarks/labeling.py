@@ -272,7 +272,7 @@ def _segment_states(task: str, segments: int, seed: int) -> tuple[np.ndarray, np
 
     Returns:
         layout [L], states [segments * 3, S] (keyframes at steps 0, 36, 63 of consecutive 64-step segments,
-        wrapping over a 500-step episode).
+        wrapping over an episode of at most 500 steps).
     """
     from plare_jax.envs.sim import MAX_EPISODE_STEPS, TaskEnv
 
@@ -281,15 +281,16 @@ def _segment_states(task: str, segments: int, seed: int) -> tuple[np.ndarray, np
     layout = env.sample_layout(rng)
     env.reset(layout)
     episode = [env.get_sim_state()]
-    for _ in range(MAX_EPISODE_STEPS - 1):
+    length = min(MAX_EPISODE_STEPS, 64 * segments)
+    for _ in range(length - 1):
         env.step(rng.uniform(-1, 1, size=4))
         episode.append(env.get_sim_state())
     env.close()
-    steps = [(64 * s + k) % MAX_EPISODE_STEPS for s in range(segments) for k in (0, 36, 63)]
+    steps = [(64 * s + k) % length for s in range(segments) for k in (0, 36, 63)]
     return layout, np.stack([episode[i] for i in steps])
 
 
-def _raw_renderer(env, size: int, fast: bool):
+def _raw_renderer(env, layout, size: int, fast: bool):
     """A bare `mujoco.Renderer` on the env's model: the baseline loop a user would write."""
     import mujoco
 
@@ -309,6 +310,7 @@ def _raw_renderer(env, size: int, fast: bool):
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
     def render(states: np.ndarray) -> int:
+        env.reset(layout)  # the same work as ours: the episode's layout first, then its states
         for state in states:
             env.set_sim_state(state)
             renderer.update_scene(env.data, camera=camera)
@@ -329,7 +331,7 @@ def _render_worker(impl: str, task: str, size: int, layout, states, barrier, res
         scene = SceneRenderer(env, RenderConfig(width=size, height=size))
         render, close = (lambda s: len(scene.render_states(layout, s))), scene.close
     else:
-        render, close = _raw_renderer(env, size, fast=impl == "raw mujoco.Renderer")
+        render, close = _raw_renderer(env, layout, size, fast=impl == "raw mujoco.Renderer")
     render(states[:1])  # GL context and first-frame costs stay out of the timing
     barrier.wait()
     start = time.time()
@@ -369,7 +371,7 @@ def render_row(impl: str, task: str, size: int, layout, states, workers: int) ->
 
 
 def render_rows(cfg: LabelingBenchConfig, bar) -> list[dict]:
-    layout, states = run_isolated(_segment_states, cfg.render_task, cfg.render_segments, cfg.seed)
+    layout, states = _segment_states(cfg.render_task, cfg.render_segments, cfg.seed)  # no rendering here
     rows = []
     for workers in cfg.workers:
         for impl in ("plare-jax", "raw mujoco.Renderer"):
