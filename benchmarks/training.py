@@ -100,6 +100,8 @@ class TrainingBenchConfig:
     """Device counts of the scaling rows (empty: no scaling rows)."""
     scaling_preset: Literal["reference", "cpu"] = "reference"
     """Configuration of the scaling rows."""
+    mask_rows: bool = True
+    """Also time one dropout mask of the first preset's hidden layer per PRNG method (where the step time goes)."""
     seconds: float = 10.0
     """Minimum timed seconds per row (after the compile / warm-up call)."""
     repeats: int = 1
@@ -145,6 +147,56 @@ def matmul_peak_row(n: int, repeats: int = 10) -> dict:
         "kind": "peak", "impl": "jax", "preset": f"matmul {n}^2", "device": str(jax.devices()[0].platform),
         "gflops": 2.0 * n**3 / best / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
     }  # fmt: skip
+
+
+def dropout_mask_row(w: Workload, method: str, repeats: int = 10) -> dict:
+    """ms per dropout mask of one hidden layer's activations [rows, width] (jitted, best of `repeats`).
+
+    Methods: "bernoulli/<impl>": `jax.random.bernoulli` with that PRNG implementation (what
+    `nnx.Dropout` does); "packed-u8/threefry2x32": one 32-bit word of threefry gives four
+    uint8 thresholds (rate quantised to 1/256, exact for 0.25). Beside it, the layer's
+    [rows, width] x [width, width] matmul, for scale.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    shape = (w.rows_per_step, w.hidden_dims[-1])
+    keep = 1.0 - w.dropout_rate
+    x = jnp.ones(shape, jnp.float32)
+    kind, _, impl = method.partition("/")
+    key = jax.random.key(0, impl=impl) if impl else None
+    if kind == "bernoulli":
+        fn = lambda k, x: jnp.where(jax.random.bernoulli(k, keep, shape), x / keep, 0.0)  # noqa: E731
+    elif kind == "packed-u8":
+        if shape[1] % 4:
+            raise ValueError(f"packed-u8 masks need a width divisible by 4, got {shape[1]}")
+        threshold = round(w.dropout_rate * 256)
+
+        def fn(k, x):
+            words = jax.random.bits(k, (shape[0], shape[1] // 4), jnp.uint32)
+            u8 = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(shape)
+            return jnp.where(u8 >= threshold, x / keep, 0.0)
+    elif kind == "matmul":
+        fn, key = (lambda k, x: x @ k), jnp.ones((shape[1], shape[1]), jnp.float32)  # noqa: E731
+    else:
+        raise ValueError(f"unknown mask method {method!r}")
+    jitted = jax.jit(fn)
+    jax.block_until_ready(jitted(key, x))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(key, x))
+        best = min(best, time.perf_counter() - start)
+    return {"kind": "mask", "impl": method, "preset": w.name, "shape": list(shape), "ms": best * 1e3,
+            "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+
+
+MASK_METHODS = ("matmul", "bernoulli/threefry2x32", "bernoulli/rbg", "bernoulli/unsafe_rbg", "packed-u8/threefry2x32")
+
+
+def dropout_mask_rows(w: Workload) -> list[dict]:
+    """`dropout_mask_row` for every method, in one process (they are short)."""
+    return [dropout_mask_row(w, m) for m in MASK_METHODS]
 
 
 def _synthetic_pairs(w: Workload, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,6 +301,15 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
         sched.step()
         return loss.item()  # the reference's per-step host sync
 
+    a = torch.randn(2048, 2048, device=device)
+    torch.mm(a, a)
+    mm_best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, a).sum().item()
+        mm_best = min(mm_best, time.perf_counter() - start)
+    del a
+
     actor.train()
     start = time.perf_counter()
     for _ in range(3):
@@ -273,6 +334,7 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
         "rows_per_step": w.rows_per_step, "steps": steps, "wall_s": elapsed, "compile_s": warmup_s,
         "steps_per_s": steps_per_s, "pairs_per_s": steps_per_s * w.batch_pairs,
         "gflops": w.flops_per_step * steps_per_s / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": device_memory,
+        "torch_matmul_2048_gflops": 2.0 * 2048**3 / mm_best / 1e9,
     }  # fmt: skip
 
 
@@ -290,6 +352,9 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
             else:
                 for prng in cfg.dropout_prng:
                     plan.append((f"jax/{preset}/{prng}", (jax_update_row, w, prng, None, cfg.seconds, cfg.seed), None))
+    if cfg.mask_rows:
+        w = cfg.workload(cfg.presets[0] if cfg.presets else "reference")
+        plan.append(("masks", (dropout_mask_rows, w), None))
     w = cfg.workload(cfg.scaling_preset)
     for n in cfg.devices:
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
@@ -300,7 +365,7 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
 
 def _median_row(samples: list[dict]) -> dict:
     """The sample with the median steps/s (or GFLOP/s for peak rows), with all samples attached."""
-    metric = "gflops" if samples[0]["kind"] == "peak" else "steps_per_s"
+    metric = {"peak": "gflops", "mask": "ms"}.get(samples[0]["kind"], "steps_per_s")
     valid = [s for s in samples if metric in s]
     if not valid:
         return samples[0]
@@ -335,6 +400,10 @@ def run(cfg: TrainingBenchConfig) -> dict:
         bar and bar.update()
     if bar:
         bar.close()
+    # The mask rows come back as one list per repeat; regroup them by method.
+    for per_repeat in samples.pop("masks", []):
+        for row in per_repeat:
+            samples.setdefault(f"mask/{row['impl']}", []).append(row)
     rows = [_median_row(s) for s in samples.values()]
     peak = max(r["gflops"] for r in rows if r["kind"] == "peak")
     _derive(rows, peak)
@@ -367,6 +436,7 @@ COLUMNS = [
     ("vs_torch", "vs torch"), ("vs_1_device", "vs 1 dev"), ("compile_s", "compile/warm-up s"),
     ("peak_rss_mib", "peak RSS MiB"), ("device_peak_mib", "device peak MiB"),
 ]  # fmt: skip
+MASK_COLUMNS = [("impl", "dropout mask method"), ("preset", "config"), ("shape", "mask shape"), ("ms", "ms per mask")]
 
 
 def main(cfg: TrainingBenchConfig) -> dict:
@@ -376,7 +446,10 @@ def main(cfg: TrainingBenchConfig) -> dict:
         if "skipped" in r:
             r["impl"] = f"{r['impl']} (skipped: {r['skipped']})"
     path = write_json(cfg.out or default_out("training"), payload)
-    print(markdown_table(payload["rows"], COLUMNS))
+    print(markdown_table([r for r in payload["rows"] if r["kind"] != "mask"], COLUMNS))
+    masks = [r for r in payload["rows"] if r["kind"] == "mask"]
+    if masks:
+        print("\n" + markdown_table(masks, MASK_COLUMNS))
     print(f"\nmatmul peak {payload['matmul_peak_gflops']:.1f} GFLOP/s; JSON: {path}")
     return payload
 

@@ -76,7 +76,10 @@ def test_training_benchmark_tiny(tmp_path):
     assert [r["visible_devices"] for r in scaling] == [1, 2]
     assert scaling[0]["vs_1_device"] == pytest.approx(1.0)
     assert all(r["steps_per_s"] > 0 for r in scaling)
-    assert "| row |" in proc.stdout and "steps/s" in proc.stdout
+    masks = {r["impl"]: r for r in rows if r["kind"] == "mask"}
+    assert {"matmul", "bernoulli/rbg", "packed-u8/threefry2x32"} <= set(masks)
+    assert all(r["ms"] > 0 and r["shape"] == [8 * 2 * 16, 32] for r in masks.values())
+    assert "| row |" in proc.stdout and "steps/s" in proc.stdout and "ms per mask" in proc.stdout
 
 
 @pytest.mark.slow
