@@ -1,0 +1,293 @@
+"""Offline dataset collection: scripted experts mixed with random "stretches", in parallel.
+
+Generation mix (per episode, all randomness from `numpy.random.default_rng([seed, episode])`):
+the layout is drawn uniformly from the task's reset space; at every step, if no stretch is
+running, one starts with probability `stretch_prob`, replacing the expert's action by uniform
+random actions for k ~ U{stretch_min..stretch_max} steps; outside stretches the expert's action
+gets Gaussian noise (std `action_noise`) and is clipped to [-1, 1]. The experts shrug off noise
+alone, the stretches make them lose time (and often the episode). Episodes run the full
+horizon; they do not stop at success, so segments after a success exist too.
+
+Determinism: an episode depends only on (config, episode index), never on which worker ran
+it, so the same seed gives identical arrays for any worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from plare_jax.data.dataset import FORMAT_VERSION, DatasetError, OfflineDataset, load_dataset, save_dataset
+from plare_jax.envs.sim import MAX_EPISODE_STEPS, SIM_STATE_SPEC, ExpertPolicy, TaskEnv
+from plare_jax.envs.tasks import resolve_task
+
+# Stretch probability per step, calibrated at a 250-step horizon so that roughly 30-60% of
+# episodes succeed (experiments/data_report.py measures it). Tasks not listed use the fallback.
+DEFAULT_STRETCH_PROB: dict[str, float] = {
+    "sweep-into-v3": 0.15,
+    "drawer-open-v3": 0.085,
+    "door-open-v3": 0.1,
+    "plate-slide-v3": 0.15,
+}
+FALLBACK_STRETCH_PROB = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectionConfig:
+    """What to collect. Every field enters the cache key.
+
+    Attributes:
+        task: MetaWorld v3 task, short ("sweep-into") or full ("sweep-into-v3") name.
+        num_episodes: number of episodes.
+        horizon: steps per episode (MetaWorld allows at most 500).
+        seed: root seed of layouts, stretches and noise.
+        stretch_prob: per-step probability of starting a random stretch; None = per-task default.
+        stretch_min: shortest stretch, in steps.
+        stretch_max: longest stretch, in steps (inclusive).
+        action_noise: std of Gaussian noise on the expert's actions.
+    """
+
+    task: str
+    num_episodes: int
+    horizon: int = 250
+    seed: int = 0
+    stretch_prob: float | None = None
+    stretch_min: int = 10
+    stretch_max: int = 30
+    action_noise: float = 0.1
+
+    def __post_init__(self):
+        resolve_task(self.task)  # fail early on a bad name
+        if self.num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {self.num_episodes}")
+        if not 1 <= self.horizon <= MAX_EPISODE_STEPS:
+            raise ValueError(f"horizon must be in 1..{MAX_EPISODE_STEPS} (MetaWorld's limit), got {self.horizon}")
+        if self.stretch_prob is not None and not 0.0 <= self.stretch_prob <= 1.0:
+            raise ValueError(f"stretch_prob must be in [0, 1] or None, got {self.stretch_prob}")
+        if not 1 <= self.stretch_min <= self.stretch_max:
+            raise ValueError(f"need 1 <= stretch_min <= stretch_max, got {self.stretch_min}, {self.stretch_max}")
+        if self.action_noise < 0:
+            raise ValueError(f"action_noise must be >= 0, got {self.action_noise}")
+
+    @property
+    def task_id(self) -> str:
+        return resolve_task(self.task)
+
+    @property
+    def resolved_stretch_prob(self) -> float:
+        if self.stretch_prob is not None:
+            return float(self.stretch_prob)
+        return DEFAULT_STRETCH_PROB.get(self.task_id, FALLBACK_STRETCH_PROB)
+
+    def resolved(self) -> dict:
+        """The config with the task id and defaults filled in (what the data depends on)."""
+        out = dataclasses.asdict(self)
+        out.update(task=self.task_id, stretch_prob=self.resolved_stretch_prob)
+        return out
+
+    def cache_key(self) -> str:
+        """Hash of the resolved config, file format and simulator versions."""
+        payload = dict(self.resolved(), format_version=FORMAT_VERSION, versions=_sim_versions())
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sim_versions() -> dict[str, str]:
+    return {pkg: metadata.version(pkg) for pkg in ("metaworld", "mujoco")}
+
+
+Observer = Callable[[int, TaskEnv], None]
+
+
+def run_episode(
+    env: TaskEnv,
+    expert: Callable[[np.ndarray], np.ndarray],
+    config: CollectionConfig,
+    episode_index: int,
+    *,
+    observer: Observer | None = None,
+) -> dict[str, np.ndarray]:
+    """Runs one episode of the generation mix.
+
+    Args:
+        env: environment of config.task.
+        expert: scripted expert, observation [39] -> action [4].
+        config: collection config.
+        episode_index: selects the episode's random stream.
+        observer: optional `observer(t, env)` called whenever the env shows observation t
+            (after reset, then after each step but the last); e.g. to render live frames.
+
+    Returns:
+        dict of per-step arrays (observations [H, 39], actions [H, 4], rewards [H],
+        successes [H], sim_states [H, S]) and the episode's layout [L].
+    """
+    rng = np.random.default_rng([config.seed, episode_index])
+    layout = env.sample_layout(rng)
+    obs = env.reset(layout)
+    h = config.horizon
+    out = {
+        "observations": np.empty((h, 39), np.float32),
+        "actions": np.empty((h, 4), np.float32),
+        "rewards": np.empty(h, np.float32),
+        "successes": np.empty(h, bool),
+        "sim_states": np.empty((h, env.sim_state_size), np.float64),
+        "layout": layout,
+    }
+    eps = config.resolved_stretch_prob
+    stretch_left = 0
+    for t in range(h):
+        out["observations"][t] = obs
+        out["sim_states"][t] = env.get_sim_state()
+        if observer is not None:
+            observer(t, env)
+        # Draw every random number each step, used or not, so streams do not depend on branches.
+        start_stretch = rng.random() < eps
+        stretch_len = rng.integers(config.stretch_min, config.stretch_max + 1)
+        random_action = rng.uniform(-1.0, 1.0, size=4)
+        noise = rng.normal(0.0, config.action_noise, size=4)
+        if stretch_left == 0 and start_stretch:
+            stretch_left = int(stretch_len)
+        if stretch_left > 0:
+            action = random_action
+            stretch_left -= 1
+        else:
+            action = expert(obs) + noise
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        obs, reward, success = env.step(action)
+        out["actions"][t] = action
+        out["rewards"][t] = reward
+        out["successes"][t] = success
+    return out
+
+
+# One environment per worker process, built on first use.
+_WORKER_STATE: dict[str, tuple[TaskEnv, ExpertPolicy]] = {}
+
+
+def _collect_episodes(config: CollectionConfig, episode_indices: list[int]) -> list[dict[str, np.ndarray]]:
+    if config.task_id not in _WORKER_STATE:
+        _WORKER_STATE.clear()
+        _WORKER_STATE[config.task_id] = (TaskEnv(config.task_id), ExpertPolicy(config.task_id))
+    env, expert = _WORKER_STATE[config.task_id]
+    return [run_episode(env, expert, config, i) for i in episode_indices]
+
+
+def _collect_chunk(args: tuple[CollectionConfig, list[int]]) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    config, indices = args
+    return indices, _collect_episodes(config, indices)
+
+
+def collect_dataset(
+    config: CollectionConfig,
+    *,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: bool = True,
+) -> OfflineDataset:
+    """Collects (or loads from cache) the offline dataset described by `config`.
+
+    Args:
+        config: what to collect.
+        cache_dir: folder of cached datasets, one file `<task>-<config hash>.npz` per config.
+        workers: processes ("spawn" context; safe when the parent has JAX loaded). None = one
+            per CPU core; 1 = in this process.
+        progress: show a tqdm bar over episodes.
+
+    Returns:
+        The dataset; its card records the config, counts, success rate and return spread.
+
+    Raises:
+        DatasetError: a cached file exists for this config but is corrupt or does not match.
+    """
+    key = config.cache_key()
+    path = Path(cache_dir) / f"{config.task_id}-{key}.npz"
+    if path.exists():
+        ds = load_dataset(path, expect_task=config.task_id)
+        if ds.card.get("config_hash") != key:
+            raise DatasetError(f"{path} was written for another config; delete it and collect again")
+        return ds
+
+    workers = min(workers or os.cpu_count() or 1, config.num_episodes)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    # Small chunks keep the progress bar moving and the workers balanced.
+    chunks = [list(range(i, min(i + 2, config.num_episodes))) for i in range(0, config.num_episodes, 2)]
+    episodes: list[dict[str, np.ndarray] | None] = [None] * config.num_episodes
+    started = time.perf_counter()
+    with tqdm(total=config.num_episodes, desc=f"collect {config.task_id}", unit="ep", disable=not progress) as bar:
+        if workers == 1:
+            results = map(_collect_chunk, [(config, c) for c in chunks])
+            for indices, eps in results:
+                for i, ep in zip(indices, eps):
+                    episodes[i] = ep
+                bar.update(len(indices))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers) as pool:
+                for indices, eps in pool.imap_unordered(_collect_chunk, [(config, c) for c in chunks]):
+                    for i, ep in zip(indices, eps):
+                        episodes[i] = ep
+                    bar.update(len(indices))
+    elapsed = time.perf_counter() - started
+    ds = _assemble(config, episodes, key)
+    save_dataset(ds, path)
+    if progress:
+        tqdm.write(f"collected {ds.num_steps} steps in {elapsed:.1f} s ({ds.num_steps / elapsed:.0f} steps/s) -> {path}")
+    return ds
+
+
+def _assemble(config: CollectionConfig, episodes: list, key: str) -> OfflineDataset:
+    def cat(name):
+        return np.concatenate([ep[name] for ep in episodes])
+
+    lengths = [len(ep["rewards"]) for ep in episodes]
+    episode_ids = np.repeat(np.arange(len(episodes), dtype=np.int32), lengths)
+    ds = OfflineDataset(
+        observations=cat("observations"),
+        actions=cat("actions"),
+        rewards=cat("rewards"),
+        successes=cat("successes"),
+        episode_ids=episode_ids,
+        sim_states=cat("sim_states"),
+        episode_layouts=np.stack([ep["layout"] for ep in episodes]).astype(np.float64),
+        card={},
+    )
+    returns = ds.episode_returns
+    card = {
+        "task": config.task_id,
+        "seed": config.seed,
+        "config": config.resolved(),
+        "config_hash": key,
+        "generation_mix": (
+            "scripted expert + N(0, action_noise) noise, with random stretches: per step, if none is "
+            "running, start one with prob stretch_prob; k ~ U{stretch_min..stretch_max} uniform random "
+            "actions; episodes run the full horizon"
+        ),
+        "num_episodes": ds.num_episodes,
+        "num_steps": ds.num_steps,
+        "success_rate": float(ds.episode_success.mean()),
+        "step_success_fraction": float(ds.successes.mean()),
+        "episode_return": {
+            "min": float(returns.min()),
+            "q25": float(np.quantile(returns, 0.25)),
+            "median": float(np.median(returns)),
+            "q75": float(np.quantile(returns, 0.75)),
+            "max": float(returns.max()),
+            "mean": float(returns.mean()),
+        },
+        "sim_state_spec": SIM_STATE_SPEC,
+        "sim_state_size": int(ds.sim_states.shape[1]),
+        "layout": "MetaWorld rand_vec per episode (reset to it before restoring sim states)",
+        "versions": dict(_sim_versions(), numpy=np.__version__, python=platform.python_version()),
+    }
+    return dataclasses.replace(ds, card=card)

@@ -1,0 +1,195 @@
+"""Policy evaluation: the policy runs here on a batch of observations, the envs in workers.
+
+Each step the caller's policy is called once on all running episodes' observations [B, 39]
+(so a jitted JAX policy stays in this process, and no JAX is imported in the workers), and
+the actions are sent over pipes to "spawn"ed worker processes that each step a few envs.
+Episode e's layout comes from `numpy.random.default_rng([seed, EVAL_STREAM, e])`: the same
+seed gives the same layouts for any worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from plare_jax.envs.sim import MAX_EPISODE_STEPS, ExpertPolicy, TaskEnv
+from plare_jax.envs.tasks import resolve_task
+
+EVAL_STREAM = 1  # keeps evaluation layouts apart from collection's default_rng([seed, episode])
+VIDEO_SIZE = 224  # divisible by 16, so video encoders need no resize
+VIDEO_FPS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Outcome of an evaluation.
+
+    Attributes:
+        success_rate: fraction of episodes in which success was ever reached.
+        mean_return: mean undiscounted episode return.
+        episode_successes: [E] bool.
+        episode_returns: [E] float64.
+    """
+
+    success_rate: float
+    mean_return: float
+    episode_successes: np.ndarray
+    episode_returns: np.ndarray
+
+
+def _worker(conn, task: str, seed: int, episodes: list[int], video_episodes: int) -> None:
+    """Steps the envs of `episodes` on command: ("step", actions [n, 4]) or ("close",)."""
+    envs = [TaskEnv(task) for _ in episodes]
+    renderers = {}
+    if any(e < video_episodes for e in episodes):
+        from plare_jax.envs.render import RenderConfig, SceneRenderer
+
+        view = RenderConfig(width=VIDEO_SIZE, height=VIDEO_SIZE, captions=False)
+        renderers = {i: SceneRenderer(envs[i], view) for i, e in enumerate(episodes) if e < video_episodes}
+    obs = []
+    for env, e in zip(envs, episodes):
+        obs.append(env.reset(env.sample_layout(np.random.default_rng([seed, EVAL_STREAM, e]))))
+    frames = {i: r.render_current() for i, r in renderers.items()}
+    conn.send((np.stack(obs), frames))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "close":
+            break
+        results = [env.step(a) for env, a in zip(envs, msg[1])]
+        obs = np.stack([r[0] for r in results])
+        rewards = np.array([r[1] for r in results])
+        successes = np.array([r[2] for r in results])
+        frames = {i: r.render_current() for i, r in renderers.items()}
+        conn.send((obs, rewards, successes, frames))
+    for r in renderers.values():
+        r.close()
+    for env in envs:
+        env.close()
+    conn.close()
+
+
+def evaluate_policy(
+    task: str,
+    policy_fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    num_episodes: int = 25,
+    horizon: int = 250,
+    seed: int = 0,
+    workers: int | None = None,
+    video_path: str | os.PathLike | None = None,
+    video_episodes: int = 2,
+    progress: bool = True,
+) -> EvalResult:
+    """Success rate and mean return of a policy.
+
+    Args:
+        task: MetaWorld v3 task name.
+        policy_fn: observations [B, 39] float32 -> actions [B, 4] (clipped to [-1, 1] here).
+        num_episodes: episodes, all run side by side for `horizon` steps.
+        horizon: steps per episode (at most 500).
+        seed: selects the episodes' layouts.
+        workers: env processes ("spawn"); None = one per core.
+        video_path: if given, a .mp4 or .gif of the first `video_episodes` episodes, one after another.
+        video_episodes: number of episodes in the video.
+        progress: tqdm bar over steps.
+
+    Returns:
+        EvalResult; an episode succeeds if info["success"] was ever 1.
+    """
+    task_id = resolve_task(task)
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    if not 1 <= horizon <= MAX_EPISODE_STEPS:
+        raise ValueError(f"horizon must be in 1..{MAX_EPISODE_STEPS}, got {horizon}")
+    if video_path is not None and Path(video_path).suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"video_path must end in .mp4 or .gif, got {video_path}")
+    n_video = min(video_episodes, num_episodes) if video_path is not None else 0
+    workers = max(1, min(workers or os.cpu_count() or 1, num_episodes))
+    groups = [list(g) for g in np.array_split(np.arange(num_episodes), workers)]
+    ctx = multiprocessing.get_context("spawn")
+    conns, procs = [], []
+    try:
+        for group in groups:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, task_id, seed, group, n_video), daemon=True)
+            proc.start()
+            child.close()
+            conns.append(parent)
+            procs.append(proc)
+        videos: dict[int, list[np.ndarray]] = {e: [] for e in range(n_video)}
+
+        def collect_frames(group, frames):
+            for i, frame in frames.items():
+                videos[group[i]].append(frame)
+
+        first = [_recv(c, p) for c, p in zip(conns, procs)]
+        obs = np.concatenate([o for o, _ in first])
+        for group, (_, frames) in zip(groups, first):
+            collect_frames(group, frames)
+        returns = np.zeros(num_episodes)
+        successes = np.zeros(num_episodes, dtype=bool)
+        for _ in tqdm(range(horizon), desc=f"evaluate {task_id}", unit="step", disable=not progress):
+            actions = np.asarray(policy_fn(obs.astype(np.float32)), dtype=np.float32)
+            if actions.shape != (num_episodes, 4):
+                raise ValueError(f"policy_fn must return actions [{num_episodes}, 4], got {actions.shape}")
+            actions = np.clip(actions, -1.0, 1.0)
+            for conn, group in zip(conns, groups):
+                conn.send(("step", actions[group]))
+            replies = [_recv(c, p) for c, p in zip(conns, procs)]
+            obs = np.concatenate([r[0] for r in replies])
+            returns += np.concatenate([r[1] for r in replies])
+            successes |= np.concatenate([r[2] for r in replies])
+            for group, reply in zip(groups, replies):
+                collect_frames(group, reply[3])
+    finally:
+        for conn in conns:
+            try:
+                conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass  # worker already gone
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+    if video_path is not None:
+        _write_video(Path(video_path), [f for e in range(n_video) for f in videos[e]])
+    return EvalResult(
+        success_rate=float(successes.mean()),
+        mean_return=float(returns.mean()),
+        episode_successes=successes,
+        episode_returns=returns,
+    )
+
+
+def _recv(conn, proc):
+    # poll so that a crashed worker gives an error instead of a hang
+    while not conn.poll(1.0):
+        if not proc.is_alive():
+            raise RuntimeError(f"evaluation worker exited with code {proc.exitcode}; see its traceback above")
+    return conn.recv()
+
+
+def _write_video(path: Path, frames: list[np.ndarray]) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000 / VIDEO_FPS, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=VIDEO_FPS)
+
+
+def scripted_expert_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
+    """MetaWorld's scripted expert as a batched policy: observations [B, 39] -> actions [B, 4]."""
+    expert = ExpertPolicy(task)
+
+    def policy_fn(observations: np.ndarray) -> np.ndarray:
+        return np.stack([expert(o) for o in np.asarray(observations)])
+
+    return policy_fn

@@ -1,0 +1,86 @@
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from plare_jax.data.dataset import DatasetError, load_dataset
+from plare_jax.envs.collect import CollectionConfig, collect_dataset
+from plare_jax.envs.tasks import UnknownTaskError
+
+TINY = CollectionConfig("drawer-open", num_episodes=3, horizon=40, seed=3, stretch_prob=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, collect_dataset(TINY, cache_dir=cache, workers=1, progress=False)
+
+
+def assert_same_arrays(a, b):
+    for field in dataclasses.fields(a):
+        value = getattr(a, field.name)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, getattr(b, field.name), err_msg=field.name)
+
+
+def test_schema(tiny):
+    _, ds = tiny
+    n = 3 * 40
+    assert ds.observations.shape == (n, 39) and ds.observations.dtype == np.float32
+    assert ds.actions.shape == (n, 4) and ds.actions.dtype == np.float32
+    assert np.all(np.abs(ds.actions) <= 1.0)
+    assert ds.rewards.shape == (n,) and ds.successes.dtype == bool
+    np.testing.assert_array_equal(ds.episode_lengths, [40, 40, 40])
+    assert ds.sim_states.shape[0] == n and ds.sim_states.dtype == np.float64
+    assert ds.episode_layouts.shape[0] == 3
+    # layouts differ per episode, and the goal (last 3 obs entries) is observable
+    assert len({tuple(x) for x in ds.episode_layouts}) == 3
+    assert np.abs(ds.observations[:, 36:]).sum() > 0
+    card = ds.card
+    assert card["task"] == "drawer-open-v3" and card["num_steps"] == n and card["seed"] == 3
+    assert card["success_rate"] == pytest.approx(ds.episode_success.mean())
+    assert card["episode_return"]["max"] == pytest.approx(ds.episode_returns.max())
+    assert {"metaworld", "mujoco", "numpy"} <= set(card["versions"])
+    # observation i+1 follows from the action at i: obs[t+1][18:36] is obs[t][:18] (frame stacking)
+    np.testing.assert_allclose(ds.observations[1:40, 18:36], ds.observations[:39, :18], atol=1e-6)
+
+
+def test_deterministic_across_worker_counts_and_seeds(tiny, tmp_path):
+    _, ds1 = tiny
+    ds2 = collect_dataset(TINY, cache_dir=tmp_path / "a", workers=2, progress=False)
+    assert_same_arrays(ds1, ds2)
+    other = collect_dataset(dataclasses.replace(TINY, seed=4), cache_dir=tmp_path / "b", workers=1, progress=False)
+    assert not np.array_equal(other.episode_layouts, ds1.episode_layouts)
+
+
+def test_cache_returns_same_arrays_fast(tiny):
+    cache, ds = tiny
+    started = time.perf_counter()
+    again = collect_dataset(TINY, cache_dir=cache, workers=1, progress=False)
+    assert time.perf_counter() - started < 2.0
+    assert_same_arrays(ds, again)
+    assert again.card == ds.card
+    assert len(list(cache.glob("*.npz"))) == 1
+
+
+def test_corrupt_or_mismatched_cache_file_is_a_dataset_error(tiny, tmp_path):
+    cache, _ = tiny
+    (path,) = cache.glob("*.npz")
+    broken = tmp_path / path.name
+    broken.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DatasetError):
+        collect_dataset(TINY, cache_dir=tmp_path, workers=1, progress=False)
+    with pytest.raises(DatasetError, match="expected 'door-open-v3'"):
+        load_dataset(path, expect_task="door-open-v3")
+
+
+def test_config_validation():
+    with pytest.raises(UnknownTaskError):
+        CollectionConfig("drawer-opn", num_episodes=1)
+    with pytest.raises(ValueError, match="horizon"):
+        CollectionConfig("drawer-open", num_episodes=1, horizon=501)
+    with pytest.raises(ValueError, match="stretch_prob"):
+        CollectionConfig("drawer-open", num_episodes=1, stretch_prob=1.5)
+    assert CollectionConfig("sweep-into", 1).resolved_stretch_prob == pytest.approx(0.15)
+    assert CollectionConfig("sweep-into", 1).cache_key() != CollectionConfig("sweep-into", 1, seed=1).cache_key()
