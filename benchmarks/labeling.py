@@ -66,8 +66,10 @@ class LabelingBenchConfig:
     """MetaWorld task whose scene is rendered."""
     render_size: int = 200
     """Rendered frame side in pixels (the reference: 200)."""
-    render_segments: int = 24
-    """Segments rendered per row (3 keyframes each)."""
+    render_segments: int = 80
+    """Segments rendered per row (3 keyframes each), split over the processes."""
+    render_repeats: int = 2
+    """Each rendering row runs this many times, interleaved; the table shows the best."""
     workers: tuple[int, ...] = (1, 2)
     """Worker process counts of the rendering rows."""
     default_visuals_row: bool = True
@@ -82,8 +84,8 @@ class LabelingBenchConfig:
     def __post_init__(self):
         if self.latency_s < 0 or self.rounds < 1 or any(c < 1 for c in self.concurrency):
             raise ValueError("latency_s must be >= 0, rounds >= 1 and every concurrency >= 1")
-        if any(n < 1 for n in self.workers) or self.render_segments < 1:
-            raise ValueError("workers and render_segments must be >= 1")
+        if any(n < 1 for n in self.workers) or self.render_segments < 1 or self.render_repeats < 1:
+            raise ValueError("workers, render_segments and render_repeats must be >= 1")
 
     def effective(self) -> LabelingBenchConfig:
         """The configuration actually run (`--tiny` shrinks the sizes)."""
@@ -91,7 +93,7 @@ class LabelingBenchConfig:
             return self
         return dataclasses.replace(
             self, concurrency=tuple(c for c in self.concurrency if c <= 8) or (1,), latency_s=0.02, rounds=4,
-            sequential_pairs=4, image_px=32, render_size=64, render_segments=2, default_visuals_row=False,
+            sequential_pairs=4, image_px=32, render_size=64, render_segments=2, render_repeats=1, default_visuals_row=False,
         )  # fmt: skip
 
 
@@ -334,12 +336,12 @@ def _render_worker(impl: str, task: str, size: int, layout, states, barrier, res
         render, close = _raw_renderer(env, layout, size, fast=impl == "raw mujoco.Renderer")
     render(states[:1])  # GL context and first-frame costs stay out of the timing
     barrier.wait()
-    start = time.time()
+    cpu, start = _self_cpu_s(), time.time()
     frames = render(states)
-    end = time.time()
+    end, cpu = time.time(), _self_cpu_s() - cpu
     close()
     env.close()
-    results.put({"frames": frames, "start": start, "end": end, "peak_rss_mib": peak_rss_mib()})
+    results.put({"frames": frames, "start": start, "end": end, "cpu_s": cpu, "peak_rss_mib": peak_rss_mib()})
 
 
 def render_row(impl: str, task: str, size: int, layout, states, workers: int) -> dict:
@@ -366,21 +368,29 @@ def render_row(impl: str, task: str, size: int, layout, states, workers: int) ->
     frames = sum(r["frames"] for r in reports)
     return {
         "kind": "render", "impl": impl, "workers": workers, "frame_px": f"{size}x{size}", "keyframes": frames,
-        "keyframes_per_s": frames / wall, "wall_s": wall, "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
+        "keyframes_per_s": frames / wall, "wall_s": wall, "cores": sum(r["cpu_s"] for r in reports) / wall,
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in reports),
     }  # fmt: skip
 
 
 def render_rows(cfg: LabelingBenchConfig, bar) -> list[dict]:
     layout, states = _segment_states(cfg.render_task, cfg.render_segments, cfg.seed)  # no rendering here
+    samples: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(cfg.render_repeats):  # interleaved, so a disturbance hits both sides alike
+        for workers in cfg.workers:
+            for impl in ("plare-jax", "raw mujoco.Renderer"):
+                bar.set_postfix_str(f"render {impl} x{workers}")
+                row = render_row(impl, cfg.render_task, cfg.render_size, layout, states, workers)
+                samples.setdefault((impl, workers), []).append(row)
+                bar.update()
     rows = []
-    for workers in cfg.workers:
-        for impl in ("plare-jax", "raw mujoco.Renderer"):
-            bar.set_postfix_str(f"render {impl} x{workers}")
-            rows.append(render_row(impl, cfg.render_task, cfg.render_size, layout, states, workers))
-            bar.update()
+    for runs in samples.values():  # best of the repeats: the least disturbed run
+        best = dict(max(runs, key=lambda r: r["keyframes_per_s"]))
+        best["keyframes_per_s_samples"] = [r["keyframes_per_s"] for r in runs]
+        rows.append(best)
     if cfg.default_visuals_row:
         # What a bare renderer gets with MetaWorld's default visuals (4096^2 shadow map, 4x MSAA): a few frames.
-        few = states[: max(2, len(states) // 8)]
+        few = states[: max(2, len(states) // 16)]
         rows.append(render_row("raw mujoco.Renderer, default visuals", cfg.render_task, cfg.render_size, layout, few, 1))
         bar.update()
     by_workers = {(r["impl"], r["workers"]): r["keyframes_per_s"] for r in rows}
@@ -396,7 +406,7 @@ def render_rows(cfg: LabelingBenchConfig, bar) -> list[dict]:
 
 RENDER_COLUMNS = [
     ("impl", "renderer"), ("workers", "processes"), ("frame_px", "frame"), ("keyframes", "keyframes"),
-    ("keyframes_per_s", "keyframes/s"), ("vs_raw", "vs raw"), ("vs_1_worker", "vs 1 process"),
+    ("keyframes_per_s", "keyframes/s"), ("vs_raw", "vs raw"), ("vs_1_worker", "vs 1 process"), ("cores", "cores used"),
     ("peak_rss_mib", "peak RSS MiB (per process)"),
 ]  # fmt: skip
 
@@ -409,7 +419,7 @@ def run(cfg: LabelingBenchConfig) -> dict:
 
     eff = cfg.effective()
     n_vlm = (1 + len(eff.concurrency)) * (1 + bool(eff.base_url)) if "vlm" in eff.parts else 0
-    n_render = 2 * len(eff.workers) + eff.default_visuals_row if "render" in eff.parts else 0
+    n_render = 2 * len(eff.workers) * eff.render_repeats + eff.default_visuals_row if "render" in eff.parts else 0
     rows: list[dict] = []
     with tqdm(total=n_vlm + n_render, desc="labeling rows", unit="row", file=sys.stderr) as bar:
         if "render" in eff.parts:
