@@ -42,7 +42,7 @@ from benchmarks.common import (
     write_json,
 )
 
-DropoutPrng = Literal["threefry2x32", "rbg", "unsafe_rbg", "none"]
+DropoutPrng = Literal["default", "threefry2x32", "rbg", "unsafe_rbg", "none"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +94,9 @@ class TrainingBenchConfig:
     """Training configurations to time (reference: 2x512, 96 pairs; cpu: 2x256, 32 pairs)."""
     impls: tuple[Literal["jax", "torch"], ...] = ("jax", "torch")
     """Implementations to time side by side."""
-    dropout_prng: tuple[DropoutPrng, ...] = ("rbg",)
-    """JAX dropout PRNG implementation(s) (LearnerConfig.dropout_prng); 'none' = dropout off, to see its cost."""
+    dropout_prng: tuple[DropoutPrng, ...] = ("default",)
+    """JAX dropout PRNG implementation(s) (LearnerConfig.dropout_prng; 'default' = the library's);
+    'none' = dropout off, to see its cost."""
     devices: tuple[int, ...] = (1, 2, 4)
     """Device counts of the scaling rows (empty: no scaling rows)."""
     scaling_preset: Literal["reference", "cpu"] = "reference"
@@ -121,6 +122,10 @@ class TrainingBenchConfig:
         if any(d < 1 for d in self.devices):
             raise ValueError(f"device counts must be >= 1, got {self.devices}")
 
+    @property
+    def peak_size(self) -> int:
+        return 256 if self.tiny else self.matmul_size
+
     def workload(self, name: str) -> Workload:
         return (TINY_WORKLOADS if self.tiny else WORKLOADS)[name]
 
@@ -128,8 +133,8 @@ class TrainingBenchConfig:
 # ----------------------------------------------------------------------------- rows (run in child processes)
 
 
-def matmul_peak_row(n: int, repeats: int = 10) -> dict:
-    """GFLOP/s of a jitted n x n float32 matmul, best of `repeats` (JAX's default device)."""
+def matmul_gflops(n: int, repeats: int) -> float:
+    """GFLOP/s of a jitted n x n float32 matmul on JAX's default device, best of `repeats`."""
     import jax
     import jax.numpy as jnp
 
@@ -143,9 +148,52 @@ def matmul_peak_row(n: int, repeats: int = 10) -> dict:
         start = time.perf_counter()
         matmul(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def matmul_peak_row(n: int, repeats: int = 10) -> dict:
+    """The machine's float32 matmul peak as a row (best of `repeats`)."""
+    import jax
+
     return {
         "kind": "peak", "impl": "jax", "preset": f"matmul {n}^2", "device": str(jax.devices()[0].platform),
-        "gflops": 2.0 * n**3 / best / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
+        "gflops": matmul_gflops(n, repeats), "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
+    }  # fmt: skip
+
+
+def matmul_bound_row(w: Workload, repeats: int = 3, steps: int = 3) -> dict:
+    """The update's matmuls alone (forward + backward, same shapes; no bias, activation, dropout, loss, Adam).
+
+    Tall-skinny shapes (K = obs_dim in the first layer, N = act_dim in the last) run below
+    the square-matmul peak: this row is the utilisation ceiling of the update on this backend.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    dims = (w.obs_dim, *w.hidden_dims, w.act_dim)
+    weights = tuple(jnp.full((i, o), 1e-3, jnp.float32) for i, o in zip(dims[:-1], dims[1:]))
+    x = jnp.ones((w.rows_per_step, w.obs_dim), jnp.float32)
+
+    def loss(ws):
+        h = x
+        for m in ws:
+            h = h @ m
+        return jnp.sum(h)
+
+    def one_step(_, ws):
+        return jax.tree.map(lambda m, g: m - 1e-9 * g, ws, jax.grad(loss)(ws))
+
+    run = jax.jit(lambda ws: jax.lax.fori_loop(0, steps, one_step, ws))
+    jax.block_until_ready(run(weights))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(weights))
+        best = min(best, (time.perf_counter() - start) / steps)
+    return {
+        "kind": "matmuls", "impl": "jax (matmuls only)", "preset": w.name, "devices": 1, "params": w.params,
+        "rows_per_step": w.rows_per_step, "steps_per_s": 1.0 / best, "pairs_per_s": w.batch_pairs / best,
+        "gflops": w.flops_per_step / best / 1e9, "peak_rss_mib": peak_rss_mib(),
     }  # fmt: skip
 
 
@@ -176,6 +224,10 @@ def dropout_mask_row(w: Workload, method: str, repeats: int = 10) -> dict:
             words = jax.random.bits(k, (shape[0], shape[1] // 4), jnp.uint32)
             u8 = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(shape)
             return jnp.where(u8 >= threshold, x / keep, 0.0)
+    elif kind == "plare_jax.networks.dropout":
+        from plare_jax import networks
+
+        fn = lambda k, x: networks.dropout(x, w.dropout_rate, k)  # noqa: E731
     elif kind == "matmul":
         fn, key = (lambda k, x: x @ k), jnp.ones((shape[1], shape[1]), jnp.float32)  # noqa: E731
     else:
@@ -196,7 +248,12 @@ MASK_METHODS = ("matmul", "bernoulli/threefry2x32", "bernoulli/rbg", "bernoulli/
 
 def dropout_mask_rows(w: Workload) -> list[dict]:
     """`dropout_mask_row` for every method, in one process (they are short)."""
-    return [dropout_mask_row(w, m) for m in MASK_METHODS]
+    from plare_jax import learner, networks
+
+    methods = list(MASK_METHODS)
+    if hasattr(networks, "dropout"):  # the library's own mask code, with its default PRNG
+        methods.append(f"plare_jax.networks.dropout/{learner.LearnerConfig().dropout_prng}")
+    return [dropout_mask_row(w, m) for m in methods]
 
 
 def _synthetic_pairs(w: Workload, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,11 +264,14 @@ def _synthetic_pairs(w: Workload, seed: int) -> tuple[np.ndarray, np.ndarray, np
     return obs, act, labels
 
 
-def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds: float, seed: int) -> dict:
+def jax_update_row(
+    w: Workload, dropout_prng: str, devices: int | None, seconds: float, seed: int, peak_n: int = 0
+) -> dict:
     """Times `learner.train(phase="cpl")`: a compile call, then calls until `seconds` have passed.
 
     `devices` None: no mesh, as a user runs it on one device (an `update` row);
-    an int: a data mesh over that many devices (a `scaling` row).
+    an int: a data mesh over that many devices (a `scaling` row). `peak_n` > 0: sample the
+    `peak_n`^2 matmul peak before every call (`of_peak_paired`: median achieved / neighbouring peak).
     """
     import jax
 
@@ -226,11 +286,11 @@ def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds:
     if (devices or 1) > jax.device_count():
         return {**base, "skipped": f"only {jax.device_count()} devices"}
     config = LearnerConfig(
-        hidden_dims=w.hidden_dims,
-        dropout_rate=0.0 if dropout_prng == "none" else w.dropout_rate,
-        dropout_prng="rbg" if dropout_prng == "none" else dropout_prng,
-        batch_pairs=w.batch_pairs,
+        hidden_dims=w.hidden_dims, dropout_rate=0.0 if dropout_prng == "none" else w.dropout_rate, batch_pairs=w.batch_pairs
     )
+    if dropout_prng not in ("default", "none"):
+        config = dataclasses.replace(config, dropout_prng=dropout_prng)
+    base["dropout_prng"] = "none" if dropout_prng == "none" else config.dropout_prng
     mesh = None if devices is None else make_data_mesh(jax.devices()[:devices])
     data = PreferenceData.create(*_synthetic_pairs(w, seed))
     state = start_phase(LearnerState.create(jax.random.key(seed), config, w.obs_dim, w.act_dim), "cpl")
@@ -242,14 +302,20 @@ def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds:
     jax.block_until_ready((state, metrics))
     compile_s = time.perf_counter() - start
 
-    steps, start = 0, time.perf_counter()
+    steps, elapsed, ratios = 0, 0.0, []
     while True:
+        # A peak sample right before each call: on a shared machine the load drifts, and
+        # the ratio of neighbours in time is what stays comparable (median over calls).
+        peak = matmul_gflops(peak_n, repeats=3) if peak_n else None
+        start = time.perf_counter()
         # Block on every call: forced host devices can abort on a rendezvous
         # timeout when many collective-running calls are queued (FIELD_NOTES).
         state, metrics = train(state, data, key, n, phase="cpl", metrics_every=n, mesh=mesh)
         jax.block_until_ready((state, metrics))
-        steps += n
-        elapsed = time.perf_counter() - start
+        call_s = time.perf_counter() - start
+        steps, elapsed = steps + n, elapsed + call_s
+        if peak:
+            ratios.append(w.flops_per_step * n / call_s / 1e9 / peak)
         if elapsed >= seconds and steps >= 2 * n:
             break
     if not np.isfinite(float(metrics["loss"][-1])):
@@ -259,6 +325,7 @@ def jax_update_row(w: Workload, dropout_prng: str, devices: int | None, seconds:
         **base, "device": str(jax.devices()[0].platform), "params": w.params, "rows_per_step": w.rows_per_step,
         "steps": steps, "wall_s": elapsed, "compile_s": compile_s, "steps_per_s": steps_per_s,
         "pairs_per_s": steps_per_s * w.batch_pairs, "gflops": w.flops_per_step * steps_per_s / 1e9,
+        "of_peak_paired": float(np.median(ratios)) if ratios else None,
         "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
     }  # fmt: skip
 
@@ -344,6 +411,7 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
 def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
     """(row id, call, extra env) for every row of one repeat, in run order."""
     plan = []
+    peak_n = cfg.peak_size
     for preset in cfg.presets:
         w = cfg.workload(preset)
         for impl in cfg.impls:
@@ -351,14 +419,17 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
                 plan.append((f"torch/{preset}", (torch_update_row, w, cfg.seconds, cfg.seed), None))
             else:
                 for prng in cfg.dropout_prng:
-                    plan.append((f"jax/{preset}/{prng}", (jax_update_row, w, prng, None, cfg.seconds, cfg.seed), None))
+                    call = (jax_update_row, w, prng, None, cfg.seconds, cfg.seed, peak_n)
+                    plan.append((f"jax/{preset}/{prng}", call, None))
+        if "jax" in cfg.impls:
+            plan.append((f"matmuls/{preset}", (matmul_bound_row, w), None))
     if cfg.mask_rows:
         w = cfg.workload(cfg.presets[0] if cfg.presets else "reference")
         plan.append(("masks", (dropout_mask_rows, w), None))
     w = cfg.workload(cfg.scaling_preset)
     for n in cfg.devices:
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        call = (jax_update_row, w, cfg.dropout_prng[0], n, cfg.seconds, cfg.seed)
+        call = (jax_update_row, w, cfg.dropout_prng[0], n, cfg.seconds, cfg.seed, peak_n)
         plan.append((f"scaling/{n}", call, env))
     return plan
 
@@ -378,7 +449,7 @@ def _median_row(samples: list[dict]) -> dict:
 
 def run(cfg: TrainingBenchConfig) -> dict:
     """Runs every row (each in its own process) and returns the JSON payload."""
-    peak_n = 256 if cfg.tiny else cfg.matmul_size
+    peak_n = cfg.peak_size
     plan = _plan(cfg)
     samples: dict[str, list[dict]] = {"peak/start": [], "peak/end": []}
     samples.update({row_id: [] for row_id, _, _ in plan})
@@ -433,6 +504,7 @@ def _derive(rows: list[dict], peak: float) -> None:
 COLUMNS = [
     ("kind", "row"), ("impl", "impl"), ("preset", "config"), ("devices", "devices"), ("dropout_prng", "dropout PRNG"),
     ("steps_per_s", "steps/s"), ("pairs_per_s", "pairs/s"), ("gflops", "GFLOP/s"), ("of_peak", "of peak"),
+    ("of_peak_paired", "of peak (paired)"),
     ("vs_torch", "vs torch"), ("vs_1_device", "vs 1 dev"), ("compile_s", "compile/warm-up s"),
     ("peak_rss_mib", "peak RSS MiB"), ("device_peak_mib", "device peak MiB"),
 ]  # fmt: skip

@@ -70,6 +70,10 @@ def test_training_benchmark_tiny(tmp_path):
         jax_row, torch_row = updates["jax"], updates["torch-eager"]
         assert jax_row["vs_torch"] == pytest.approx(jax_row["steps_per_s"] / torch_row["steps_per_s"])
 
+    bound = [r for r in rows if r["kind"] == "matmuls"]
+    assert len(bound) == 1 and bound[0]["gflops"] > 0  # the matmuls-only ceiling of the cpu preset
+    assert 0 < updates["jax"]["of_peak_paired"]
+
     scaling = sorted((r for r in rows if r["kind"] == "scaling"), key=lambda r: r["devices"])
     assert [r["devices"] for r in scaling] == [1, 2]
     # XLA_FLAGS reached each child: the 2-device row saw 2 (forced host) devices.
