@@ -1,0 +1,159 @@
+"""The experiment CLI end to end, as a user runs it: a subprocess per call."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "experiments" / "metaworld.py"
+
+# A pipeline small enough for seconds: every stage runs, nothing is big.
+TINY = [
+    "--env", "reach", "--num-episodes", "4", "--collection-horizon", "60", "--num-pairs", "24",
+    "--segment-length", "16", "--hidden-dims", "32", "32", "--batch-pairs", "8",
+    "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20", "--metrics-every", "10",
+    "--eval-every", "20", "--eval-episodes", "2", "--eval-horizon", "30", "--warmup-steps", "5",
+    "--workers", "1",
+]
+
+
+def run_cli(args, tmp_path, *, env=None, timeout=600):
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.pop("PLARE_VLM_BASE_URL", None)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=full_env, capture_output=True,
+        text=True, timeout=timeout)
+
+
+def load_cli_module():
+    sys.path.insert(0, str(REPO))
+    import importlib
+
+    return importlib.import_module("experiments.metaworld")
+
+
+def test_help_lists_every_option(tmp_path):
+    proc = run_cli(["--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    module = load_cli_module()
+    for field in dataclasses.fields(module.ExperimentConfig):
+        if field.name == "vlm":
+            continue
+        assert f"--{field.name.replace('_', '-')}" in proc.stdout, field.name
+    for field in dataclasses.fields(module.VLMOptions):
+        assert f"--vlm.{field.name.replace('_', '-')}" in proc.stdout, field.name
+    assert "paper" in proc.stdout and "quick" in proc.stdout
+
+
+def test_paper_preset_sets_reference_settings():
+    module = load_cli_module()
+    config = module.parse_args(["--preset", "paper"])
+    assert (config.num_pairs, config.segment_length, config.num_keyframes) == (10_000, 64, 3)
+    assert (config.bc_steps, config.cpl_steps, config.batch_pairs) == (200_000, 300_000, 96)
+    assert config.hidden_dims == (512, 512)
+    assert (config.alpha, config.bias, config.learning_rate, config.warmup_steps) == (0.1, 0.5, 1e-4, 10_000)
+    assert (config.eval_episodes, config.eval_every) == (25, 5000)
+    # An explicit option still overrides the preset.
+    assert module.parse_args(["--preset", "paper", "--num-pairs", "7"]).num_pairs == 7
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "sweep-intoo"], "sweep-into"),
+        (["--segment-length", "400"], "--segment-length"),
+        (["--bc-steps", "150", "--metrics-every", "100"], "--bc-steps"),
+        (["--labeler", "vlm"], "--vlm.base-url"),
+        (["--labeler", "vlm", "--vlm.base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9"),
+    ],
+)
+def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):
+    proc = run_cli([*args, "--out-dir", str(tmp_path / "runs")], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run_cli(["--out-dir", str(blocker / "runs")], tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr
+
+
+@pytest.mark.slow
+def test_scripted_pipeline_end_to_end_and_never_overwrites(tmp_path):
+    args = [*TINY, "--labeler", "scripted", "--seeds", "0", "1", "--run-name", "tiny",
+            "--out-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tiny"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["labeler"] == "scripted"
+    task = results["tasks"]["reach-v3"]
+    assert set(task["methods"]) == {"plare", "bc"}
+    for method in task["methods"].values():
+        assert method["num_seeds"] == 2 and 0.0 <= method["success_mean"] <= 1.0
+    assert task["labels"]["accuracy"] == pytest.approx(1.0)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert "jax" in provenance["packages"]
+    assert (run_dir / "learning_curves.png").stat().st_size > 1000
+    assert (run_dir / "reach-v3" / "plare_final.mp4").stat().st_size > 0
+    records = [json.loads(l) for l in (run_dir / "reach-v3" / "seed0" / "metrics.jsonl").open()]
+    assert {r["branch"] for r in records} == {"bc_phase", "plare", "bc"}
+    assert "| reach-v3 | plare |" in proc.stdout
+
+    # The same run name again: refused, and the first run is untouched.
+    before = (run_dir / "results.json").read_text()
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert (run_dir / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_resume_continues_an_interrupted_run(tmp_path):
+    args = [*TINY, "--labeler", "scripted", "--run-name", "r", "--out-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--no-video"]
+    assert run_cli(args, tmp_path).returncode == 0
+    run_dir = tmp_path / "runs" / "r"
+    unit = run_dir / "reach-v3" / "seed0"
+    full = json.loads((unit / "result.json").read_text())
+    # Simulate an interruption after the shared BC phase: the methods' progress is gone.
+    (unit / "result.json").unlink()
+    for branch in ("plare", "bc"):
+        for path in sorted((unit / "checkpoints" / branch).glob("*"), reverse=True):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    proc = run_cli(["--resume", str(run_dir)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((unit / "result.json").read_text())
+    for method in ("plare", "bc"):
+        assert resumed["methods"][method]["success_rate"] == full["methods"][method]["success_rate"]
+    records = [json.loads(l) for l in (unit / "metrics.jsonl").open()]
+    steps = [(r["branch"], r["step"], bool(r.get("eval"))) for r in records]
+    assert len(steps) == len(set(steps)), "resumed run duplicated metrics records"
+
+
+@pytest.mark.slow
+def test_vlm_pipeline_against_loopback_server(tmp_path):
+    from plare_jax.labeling.loopback_server import LoopbackVLMServer
+
+    with LoopbackVLMServer() as server:
+        args = [*TINY, "--labeler", "vlm", "--vlm.base-url", server.base_url, "--run-name", "vlm", "--out-dir", str(tmp_path / "runs"),
+                "--cache-dir", str(tmp_path / "cache"), "--no-video", "--num-keyframes", "2"]
+        proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "vlm" / "results.json").read_text())
+    assert results["labeler"] == "vlm"
+    labels = results["tasks"]["reach-v3"]["labels"]
+    assert labels["pairs"] == 24
+    assert 0.0 <= labels["accuracy"] <= 1.0
+    assert (tmp_path / "cache" / "labels.sqlite").exists()
