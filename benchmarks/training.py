@@ -17,7 +17,8 @@ parameter per row; rows = pairs x 2 segments x T steps).
 
     PYTHONPATH=. python benchmarks/training.py                 # full run, ~3 min on 2 cores
     PYTHONPATH=. python benchmarks/training.py --tiny          # seconds (tests, CI)
-    PYTHONPATH=. python benchmarks/training.py --presets reference --dropout-prng threefry2x32 rbg none
+    PYTHONPATH=. python benchmarks/training.py --presets reference --impls jax --devices \
+        --dropout-prng threefry2x32 rbg none --dropout-mask packed bernoulli     # where the step time goes
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class TrainingBenchConfig:
     dropout_prng: tuple[DropoutPrng, ...] = ("default",)
     """JAX dropout PRNG implementation(s) (LearnerConfig.dropout_prng; 'default' = the library's);
     'none' = dropout off, to see its cost."""
+    dropout_mask: tuple[Literal["default", "packed", "bernoulli"], ...] = ("default",)
+    """JAX dropout mask construction(s) (LearnerConfig.dropout_mask; 'default' = the library's):
+    'packed' unpacks few bits per unit from 32-bit words, 'bernoulli' draws a float per unit."""
     devices: tuple[int, ...] = (1, 2, 4)
     """Device counts of the scaling rows (empty: no scaling rows)."""
     scaling_preset: Literal["reference", "cpu"] = "reference"
@@ -265,7 +269,8 @@ def _synthetic_pairs(w: Workload, seed: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def jax_update_row(
-    w: Workload, dropout_prng: str, devices: int | None, seconds: float, seed: int, peak_n: int = 0
+    w: Workload, dropout_prng: str, devices: int | None, seconds: float, seed: int, peak_n: int = 0,
+    dropout_mask: str = "default",
 ) -> dict:
     """Times `learner.train(phase="cpl")`: a compile call, then calls until `seconds` have passed.
 
@@ -290,7 +295,11 @@ def jax_update_row(
     )
     if dropout_prng not in ("default", "none"):
         config = dataclasses.replace(config, dropout_prng=dropout_prng)
+    if dropout_mask != "default":
+        config = dataclasses.replace(config, dropout_mask=dropout_mask)
     base["dropout_prng"] = "none" if dropout_prng == "none" else config.dropout_prng
+    if dropout_prng != "none":
+        base["dropout_prng"] += f" / {getattr(config, 'dropout_mask', 'bernoulli')}"
     mesh = None if devices is None else make_data_mesh(jax.devices()[:devices])
     data = PreferenceData.create(*_synthetic_pairs(w, seed))
     state = start_phase(LearnerState.create(jax.random.key(seed), config, w.obs_dim, w.act_dim), "cpl")
@@ -419,8 +428,9 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
                 plan.append((f"torch/{preset}", (torch_update_row, w, cfg.seconds, cfg.seed), None))
             else:
                 for prng in cfg.dropout_prng:
-                    call = (jax_update_row, w, prng, None, cfg.seconds, cfg.seed, peak_n)
-                    plan.append((f"jax/{preset}/{prng}", call, None))
+                    for mask in cfg.dropout_mask if prng != "none" else ("default",):
+                        call = (jax_update_row, w, prng, None, cfg.seconds, cfg.seed, peak_n, mask)
+                        plan.append((f"jax/{preset}/{prng}/{mask}", call, None))
         if "jax" in cfg.impls:
             plan.append((f"matmuls/{preset}", (matmul_bound_row, w), None))
     if cfg.mask_rows:
@@ -502,7 +512,7 @@ def _derive(rows: list[dict], peak: float) -> None:
 
 
 COLUMNS = [
-    ("kind", "row"), ("impl", "impl"), ("preset", "config"), ("devices", "devices"), ("dropout_prng", "dropout PRNG"),
+    ("kind", "row"), ("impl", "impl"), ("preset", "config"), ("devices", "devices"), ("dropout_prng", "dropout PRNG / mask"),
     ("steps_per_s", "steps/s"), ("pairs_per_s", "pairs/s"), ("gflops", "GFLOP/s"), ("of_peak", "of peak"),
     ("of_peak_paired", "of peak (paired)"),
     ("vs_torch", "vs torch"), ("vs_1_device", "vs 1 dev"), ("compile_s", "compile/warm-up s"),
