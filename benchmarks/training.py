@@ -507,6 +507,10 @@ def _derive(rows: list[dict], peak: float) -> None:
         baseline = torch_by_preset.get(r.get("preset"))
         if r["kind"] == "update" and baseline and "steps_per_s" in r:
             r["vs_torch"] = r["steps_per_s"] / baseline["steps_per_s"]
+            if "steps_per_s_samples" in r and "steps_per_s_samples" in baseline:
+                # Per repeat: both sides ran minutes apart at most, under the same load.
+                pairs = zip(r["steps_per_s_samples"], baseline["steps_per_s_samples"])
+                r["vs_torch_per_repeat"] = [a / b for a, b in pairs]
         if r["kind"] == "scaling" and scaling_one and "steps_per_s" in r:
             r["vs_1_device"] = r["steps_per_s"] / scaling_one["steps_per_s"]
 
