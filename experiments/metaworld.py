@@ -421,7 +421,8 @@ def run_branch(config: ExperimentConfig, data: TaskData, state: LearnerState, *,
     if latest is not None:
         state = ckpt.restore_state(manager, state, step=latest)
         step = latest
-        log.drop(lambda r: r.get("branch") == branch and r["step"] > latest)
+    # Records written after the last checkpoint (an interrupted attempt) are redone below.
+    log.drop(lambda r: r.get("branch") == branch and r["step"] > step)
     train_data = data.preference_data if phase == "cpl" else data.transitions
     base_key = jax.random.key(seed)
     bar = tqdm(total=num_steps, initial=step - start_step, desc=f"{data.task} seed {seed} {branch}",
@@ -561,25 +562,27 @@ def config_from_dict(values: dict) -> ExperimentConfig:
     return ExperimentConfig(**kwargs)
 
 
-def open_run_dir(config: ExperimentConfig) -> tuple[ExperimentConfig, pathlib.Path]:
-    if config.resume is not None:
-        run_dir = config.resume
-        if not (run_dir / "config.json").exists():
-            raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
-        stored = config_from_dict(runs.read_json(run_dir / "config.json"))
-        print(f"resuming {run_dir} with its stored config")
-        return stored, run_dir
-    name = config.run_name or runs.default_run_name("-".join(config.env))
-    run_dir = runs.create_run_dir(config.out_dir / name, config)
-    return config, run_dir
+def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
+    if not (run_dir / "config.json").exists():
+        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
+    return config_from_dict(runs.read_json(run_dir / "config.json"))
 
 
 def run(config: ExperimentConfig) -> dict:
+    resume_dir = config.resume
+    if resume_dir is not None:
+        config = load_resumed_config(resume_dir)
+        print(f"resuming {resume_dir} with its stored config")
+    # Everything that can be wrong with the options fails here, before any work.
     validate(config)
-    tasks = config.tasks  # raises UnknownTaskError before any work
+    tasks = config.tasks  # raises UnknownTaskError
     runs.check_writable(config.cache_dir)
     choice = choose_labeler(config)
-    config, run_dir = open_run_dir(config)
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        name = config.run_name or runs.default_run_name("-".join(config.env))
+        run_dir = runs.create_run_dir(config.out_dir / name, config)
     print(f"run directory: {run_dir}")
     print(f"labeler: {choice.kind} ({choice.reason})")
     if choice.kind == "scripted" and config.labeler == "auto":

@@ -68,6 +68,8 @@ def format_report(report: dict) -> str:
     ]
     for row, counts in report["confusion"].items():
         lines.append(f"  {row:<43}{counts['first']:>6}{counts['second']:>8}{counts['unsure']:>8}")
+    if report.get("requests") is None and report.get("cache_hits") is None:
+        return "\n".join(lines)  # an instant labeler (scripted teacher): no traffic to report
     lines += [
         f"throughput: {num(report['pairs_per_s'], '{:.2f}')} pairs/s, {num(report['requests_per_s'], '{:.2f}')} requests/s, "
         f"wall {num(report['wall_s'], '{:.1f}')} s",
