@@ -2,7 +2,11 @@
 
 Rows, each in its own process (peak host memory per row):
 - `peak`: a jitted 2048^2 float32 matmul (best of several), GFLOP/s; measured at the
-  start and the end of the run, utilisation is relative to the best of the two.
+  start and the end of each repeat; "of peak" is relative to the higher of the two rows
+  (each the median over repeats). "of peak (paired)": achieved / a matmul sample taken
+  right before each timed call, median over calls (robust to load drift).
+- `matmuls`: the update's matmuls alone, the utilisation ceiling of this network.
+- `mask`: ms per dropout mask of one hidden layer, per PRNG / mask method.
 - `update` / jax: `plare_jax.learner.train(phase="cpl")`, device-resident data,
   minibatches drawn with `jax.random` inside `lax.scan`, one host sync per call.
 - `update` / torch: the same network, loss and batch written the way the CPL
@@ -32,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 import tyro
+from tqdm.auto import tqdm
 
 from benchmarks.common import (
     default_out,
@@ -463,24 +468,16 @@ def run(cfg: TrainingBenchConfig) -> dict:
     plan = _plan(cfg)
     samples: dict[str, list[dict]] = {"peak/start": [], "peak/end": []}
     samples.update({row_id: [] for row_id, _, _ in plan})
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    total = cfg.repeats * (len(plan) + 2)
-    bar = tqdm(total=total, desc="training rows", unit="row", file=sys.stderr) if tqdm else None
-    for _ in range(cfg.repeats):
-        samples["peak/start"].append(run_isolated(matmul_peak_row, peak_n))
-        bar and bar.update()
-        for row_id, (fn, *args), env in plan:
-            if bar:
+    with tqdm(total=cfg.repeats * (len(plan) + 2), desc="training rows", unit="row", file=sys.stderr) as bar:
+        for _ in range(cfg.repeats):  # interleaved: a disturbance hits every row of a repeat alike
+            samples["peak/start"].append(run_isolated(matmul_peak_row, peak_n))
+            bar.update()
+            for row_id, (fn, *args), env in plan:
                 bar.set_postfix_str(row_id)
-            samples[row_id].append(run_isolated(fn, *args, env=env))
-            bar and bar.update()
-        samples["peak/end"].append(run_isolated(matmul_peak_row, peak_n))
-        bar and bar.update()
-    if bar:
-        bar.close()
+                samples[row_id].append(run_isolated(fn, *args, env=env))
+                bar.update()
+            samples["peak/end"].append(run_isolated(matmul_peak_row, peak_n))
+            bar.update()
     # The mask rows come back as one list per repeat; regroup them by method.
     for per_repeat in samples.pop("masks", []):
         for row in per_repeat:
