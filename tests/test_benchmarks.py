@@ -1,0 +1,116 @@
+"""Smoke runs of the benchmark scripts at tiny sizes, as a user runs them (subprocesses).
+
+Each test runs one script with `--tiny` and checks the JSON it writes: the expected
+rows are there and every measured number is positive. The speed targets themselves
+are measured by the full-size runs (docs/performance.md), not asserted here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.mark.parametrize("script", ["training.py", "labeling.py"])
+def test_every_option_has_help(script):
+    out = run_script(script, "--help", timeout=120).stdout
+    for option in ("--tiny", "--out", "--seed"):
+        assert option in out
+    # tyro prints the attribute docstring under each option; an option without one shows no text.
+    assert "Tiny sizes" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has("plare_jax.learner"), reason="needs the core library (plare_jax.learner)")
+def test_training_benchmark_tiny(tmp_path):
+    impls = ["jax", "torch"] if _has("torch") else ["jax"]
+    out = tmp_path / "training.json"
+    proc = run_script(
+        "training.py", "--tiny", "--presets", "cpu", "--impls", *impls, "--devices", "1", "2",
+        "--seconds", "0.2", "--out", str(out),
+    )  # fmt: skip
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+    peaks = [r for r in rows if r["kind"] == "peak"]
+    assert len(peaks) == 2 and all(r["gflops"] > 0 for r in peaks)
+    assert payload["matmul_peak_gflops"] == max(r["gflops"] for r in peaks)
+
+    updates = {r["impl"].split(" ")[0]: r for r in rows if r["kind"] == "update"}
+    assert set(updates) == ({"jax", "torch-eager"} if "torch" in impls else {"jax"})
+    for r in updates.values():
+        assert r["preset"] == "cpu" and r["steps_per_s"] > 0 and r["peak_rss_mib"] > 0
+        assert r["pairs_per_s"] == pytest.approx(r["steps_per_s"] * 8)  # tiny: 8 pairs per step
+        assert r["of_peak"] == pytest.approx(r["gflops"] / payload["matmul_peak_gflops"])
+    if "torch" in impls:
+        jax_row, torch_row = updates["jax"], updates["torch-eager"]
+        assert jax_row["vs_torch"] == pytest.approx(jax_row["steps_per_s"] / torch_row["steps_per_s"])
+
+    bound = [r for r in rows if r["kind"] == "matmuls"]
+    assert len(bound) == 1 and bound[0]["gflops"] > 0  # the matmuls-only ceiling of the cpu preset
+    assert 0 < updates["jax"]["of_peak_paired"]
+
+    scaling = sorted((r for r in rows if r["kind"] == "scaling"), key=lambda r: r["devices"])
+    assert [r["devices"] for r in scaling] == [1, 2]
+    # XLA_FLAGS reached each child: the 2-device row saw 2 (forced host) devices.
+    assert [r["visible_devices"] for r in scaling] == [1, 2]
+    assert scaling[0]["vs_1_device"] == pytest.approx(1.0)
+    assert all(r["steps_per_s"] > 0 for r in scaling)
+    masks = {r["impl"]: r for r in rows if r["kind"] == "mask"}
+    assert {"matmul", "bernoulli/rbg", "packed-u8/threefry2x32"} <= set(masks)
+    assert all(r["ms"] > 0 and r["shape"] == [8 * 2 * 16, 32] for r in masks.values())
+    assert "| row |" in proc.stdout and "steps/s" in proc.stdout and "ms per mask" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has("plare_jax.envs.render"), reason="needs the MetaWorld renderer (plare_jax.envs.render)")
+def test_labeling_benchmark_tiny(tmp_path):
+    out = tmp_path / "labeling.json"
+    proc = run_script("labeling.py", "--tiny", "--workers", "1", "2", "--out", str(out))
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+
+    render = {(r["impl"], r["workers"]): r for r in rows if r["kind"] == "render"}
+    assert set(render) == {(impl, n) for impl in ("plare-jax", "raw mujoco.Renderer") for n in (1, 2)}
+    for (impl, n), r in render.items():
+        assert r["keyframes"] == 2 * 3  # tiny: 2 segments x 3 keyframes, split over the processes
+        assert r["keyframes_per_s"] > 0 and r["peak_rss_mib"] > 0
+        raw = render[("raw mujoco.Renderer", n)]
+        assert r["vs_raw"] == pytest.approx(r["keyframes_per_s"] / raw["keyframes_per_s"])
+
+    vlm = [r for r in rows if r["kind"] == "vlm"]
+    sequential = [r for r in vlm if r["impl"].startswith("sequential")]
+    concurrent = sorted((r for r in vlm if r not in sequential), key=lambda r: r["concurrency"])
+    assert len(sequential) == 1 and [r["concurrency"] for r in concurrent] == [1, 8]
+    latency = payload["config"]["latency_s"]
+    for r in vlm:
+        assert r["server"] == "loopback" and r["pairs_per_s"] > 0
+        assert r["ideal_pairs_per_s"] == pytest.approx(r["concurrency"] / (2 * latency))
+        # Two requests of at least `latency` each per pair: nothing beats the ideal.
+        assert r["of_ideal"] <= 1.0 + 1e-6
+    assert concurrent[-1]["server_peak_rss_mib"] > 0
+    assert "keyframes/s" in proc.stdout and "pairs/s" in proc.stdout
