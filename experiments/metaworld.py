@@ -114,8 +114,17 @@ class ExperimentConfig:
     """Steps per segment."""
     num_keyframes: int = 3
     """Keyframes per segment tiled into each image shown to the VLM."""
+    teacher: Literal["progress", "return"] = "progress"
+    """What the scripted teacher compares (and what label accuracy is measured against):
+    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
+    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
+    ranks the task phase a segment is in rather than how good its actions are)."""
+    stretch_prob: float | None = None
+    """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
+    decoy_prob: float | None = None
+    """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
     teacher_equal_threshold: float = 0.0
-    """Scripted teacher: |R1 - R2| at or below this is 'unsure'."""
+    """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_mistake_rate: float = 0.0
     """Scripted teacher: probability of flipping a label (simulates an imperfect labeller)."""
 
@@ -230,6 +239,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--method needs at least one method")
     if not 0.0 <= config.teacher_mistake_rate <= 1.0:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
+    for name in ("stretch_prob", "decoy_prob"):
+        value = getattr(config, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if not 0.0 < config.bias <= 1.0:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
@@ -284,7 +297,12 @@ def _vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
 
 def subset_pairs(pairs: SegmentPairs, index: np.ndarray) -> SegmentPairs:
     return dataclasses.replace(pairs, starts=pairs.starts[index], returns=pairs.returns[index],
-                               successes=pairs.successes[index])
+                               successes=pairs.successes[index], progress=pairs.progress[index])
+
+
+def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
+    """[P, 2] ground-truth score per segment that the scripted teacher compares."""
+    return pairs.progress if config.teacher == "progress" else pairs.returns
 
 
 def label_pairs(config, choice, task, dataset, pairs, base_url, label_store_path):
@@ -293,7 +311,8 @@ def label_pairs(config, choice, task, dataset, pairs, base_url, label_store_path
                               mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
     goal_text = task_text(task, config.vlm.task_text)
     if choice.kind == "scripted":
-        result = teacher.label(PairBatch(goal_text, returns=pairs.returns), progress=False)
+        result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
+                               progress=False)
         return result.preferences, result.stats
     render_config = RenderConfig(num_keyframes=config.num_keyframes)
     labeler_config = _vlm_config(config, base_url)
@@ -367,7 +386,8 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, bas
     t0 = time.perf_counter()
     dataset = collect_dataset(
         CollectionConfig(task=task, num_episodes=config.num_episodes,
-                         horizon=config.collection_horizon, seed=config.data_seed),
+                         horizon=config.collection_horizon, seed=config.data_seed,
+                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
         cache_dir=config.cache_dir / "datasets", workers=config.workers)
     timings["data_s"] = time.perf_counter() - t0
 
@@ -378,7 +398,8 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, bas
                                      config.cache_dir / "labels.sqlite")
     timings["labels_s"] = time.perf_counter() - t0
 
-    oracle = ScriptedTeacher().label(PairBatch(task, returns=pairs.returns), progress=False)
+    oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
+                                     progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
     print(f"[{task}] labels ({choice.kind}):\n{format_report(report)}")
 
@@ -525,7 +546,8 @@ def summarize(config: ExperimentConfig, choice: LabelerChoice, run_dir: pathlib.
             }
         tasks[task] = {"methods": methods, **task_summaries.get(task, {}),
                        "training_timings": {s: r["timings"] for s, r in seed_results.get(task, {}).items()}}
-    return {"labeler": choice.kind, "labeler_reason": choice.reason, "preset": config.preset,
+    return {"labeler": choice.kind, "labeler_reason": choice.reason, "teacher": config.teacher,
+            "preset": config.preset,
             "unsure": config.unsure, "seeds": list(config.seeds), "tasks": tasks}
 
 

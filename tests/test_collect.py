@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from plare_jax.data.dataset import DatasetError, load_dataset
-from plare_jax.envs.collect import CollectionConfig, collect_dataset
+from plare_jax.envs.collect import CollectionConfig, collect_dataset, run_episode
+from plare_jax.envs.sim import ExpertPolicy, TaskEnv
 from plare_jax.envs.tasks import UnknownTaskError
 
 TINY = CollectionConfig("drawer-open", num_episodes=3, horizon=40, seed=3, stretch_prob=0.2)
@@ -82,5 +83,25 @@ def test_config_validation():
         CollectionConfig("drawer-open", num_episodes=1, horizon=501)
     with pytest.raises(ValueError, match="stretch_prob"):
         CollectionConfig("drawer-open", num_episodes=1, stretch_prob=1.5)
-    assert CollectionConfig("sweep-into", 1).resolved_stretch_prob == pytest.approx(0.15)
+    assert CollectionConfig("sweep-into", 1).resolved_stretch_prob == pytest.approx(0.05)
+    assert CollectionConfig("sweep-into", 1).resolved_decoy_prob == pytest.approx(0.5)
+    assert CollectionConfig("drawer-open", 1).resolved_decoy_prob == 0.0
+    assert CollectionConfig("sweep-into", 1, decoy_prob=0.2).resolved_decoy_prob == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="decoy_prob"):
+        CollectionConfig("sweep-into", 1, decoy_prob=1.5)
     assert CollectionConfig("sweep-into", 1).cache_key() != CollectionConfig("sweep-into", 1, seed=1).cache_key()
+
+
+def test_decoy_episodes_follow_a_shifted_goal_but_store_the_true_one():
+    """A decoy episode's expert aims at goal + offset; the stored observations keep the true goal."""
+    plain = CollectionConfig("reach", 1, horizon=60, seed=3, stretch_prob=0.0, decoy_prob=0.0, action_noise=0.0)
+    decoy = dataclasses.replace(plain, decoy_prob=1.0, decoy_offset=(0.0, 0.0, 0.2))
+    env, expert = TaskEnv("reach"), ExpertPolicy("reach")
+    honest = run_episode(env, expert, plain, 0)
+    fooled = run_episode(env, expert, decoy, 0)
+    np.testing.assert_array_equal(honest["observations"][0], fooled["observations"][0])
+    np.testing.assert_array_equal(honest["observations"][:, -3:], fooled["observations"][:, -3:])
+    goal = honest["observations"][0, -3:]
+    # reach: the hand goes to the goal; fooled, it ends near the decoy, 0.2 m higher.
+    assert np.linalg.norm(honest["observations"][-1, :3] - goal) < 0.05
+    assert fooled["observations"][-1, 2] - goal[2] > 0.1

@@ -99,6 +99,7 @@ def test_pair_images_shape_captions_and_workers(dataset):
         length=40,
         returns=np.zeros((2, 2), np.float32),
         successes=np.zeros((2, 2), bool),
+        progress=np.zeros((2, 2), np.float32),
     )
     config = RenderConfig(width=96, height=80, num_keyframes=3)
     images = render_pair_images(dataset, pairs, config, workers=1, progress=False)

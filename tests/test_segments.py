@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from plare_jax.data.dataset import OfflineDataset
-from plare_jax.data.segments import gather_segments, sample_segment_pairs, valid_segment_starts
+from plare_jax.data.segments import gather_segments, progress_window, sample_segment_pairs, valid_segment_starts
 
 
 def action_of(obs: np.ndarray) -> np.ndarray:
@@ -39,6 +39,9 @@ def test_segments_are_aligned_rows_and_actions_match_their_observations():
     np.testing.assert_allclose(act, action_of(obs), rtol=1e-6)
     rows = pairs.starts[..., None] + np.arange(8)
     np.testing.assert_allclose(pairs.returns, ds.rewards[rows].sum(-1), rtol=1e-5)
+    k = progress_window(pairs.length)
+    expected_progress = ds.rewards[rows][..., -k:].mean(-1) - ds.rewards[rows][..., :k].mean(-1)
+    np.testing.assert_allclose(pairs.progress, expected_progress, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(pairs.successes, ds.successes[rows].any(-1))
 
 

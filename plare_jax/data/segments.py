@@ -23,16 +23,28 @@ class SegmentPairs:
         length: T, steps per segment.
         returns: [P, 2] float32 ground-truth segment return (sum of rewards over the segment).
         successes: [P, 2] bool, whether the segment contains a success step.
+        progress: [P, 2] float32 change of the dense reward over the segment: the mean
+            reward of its last `progress_window(T)` steps minus that of its first ones.
+            MetaWorld's shaped reward measures how far the task has come, so the return
+            mostly says WHERE a segment is (which phase of the task) and progress says
+            how much its actions advanced it -- an advantage-like score, the kind of
+            preference (regret) model CPL assumes.
     """
 
     starts: np.ndarray
     length: int
     returns: np.ndarray
     successes: np.ndarray
+    progress: np.ndarray
 
     @property
     def num_pairs(self) -> int:
         return int(self.starts.shape[0])
+
+
+def progress_window(segment_length: int) -> int:
+    """Steps averaged at each end of a segment for its progress score (an eighth of it)."""
+    return max(1, segment_length // 8)
 
 
 def valid_segment_starts(ds: OfflineDataset, segment_length: int) -> np.ndarray:
@@ -104,7 +116,7 @@ def sample_segment_pairs(
         rng: seeded generator; the same generator state gives the same pairs.
 
     Returns:
-        SegmentPairs with ground-truth returns and success flags per segment.
+        SegmentPairs with ground-truth returns, progress and success flags per segment.
     """
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
@@ -120,4 +132,8 @@ def sample_segment_pairs(
     rows = _segment_rows(ds, starts, segment_length)
     returns = ds.rewards.astype(np.float64)[rows].sum(axis=-1).astype(np.float32)
     successes = ds.successes[rows].any(axis=-1)
-    return SegmentPairs(starts=starts, length=segment_length, returns=returns, successes=successes)
+    rewards = ds.rewards.astype(np.float64)[rows]
+    k = progress_window(segment_length)
+    progress = (rewards[..., -k:].mean(axis=-1) - rewards[..., :k].mean(axis=-1)).astype(np.float32)
+    return SegmentPairs(starts=starts, length=segment_length, returns=returns, successes=successes,
+                        progress=progress)

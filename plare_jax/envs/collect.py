@@ -5,8 +5,11 @@ the layout is drawn uniformly from the task's reset space; at every step, if no 
 running, one starts with probability `stretch_prob`, replacing the expert's action by uniform
 random actions for k ~ U{stretch_min..stretch_max} steps; outside stretches the expert's action
 gets Gaussian noise (std `action_noise`) and is clipped to [-1, 1]. The experts shrug off noise
-alone, the stretches make them lose time (and often the episode). Episodes run the full
-horizon; they do not stop at success, so segments after a success exist too.
+alone, the stretches make them lose time (and often the episode). On tasks whose expert reads
+the goal from the observation, a per-episode "decoy" mode (its own random stream
+`[seed, episode, 1]`) shows the expert a shifted goal: a consistent, state-dependent mistake
+like a half-trained policy's, which BC cannot average away as it does zero-mean stretches.
+Episodes run the full horizon; they do not stop at success, so segments after a success exist.
 
 Determinism: an episode depends only on (config, episode index), never on which worker ran
 it, so the same seed gives identical arrays for any worker count.
@@ -32,13 +35,19 @@ from plare_jax.data.dataset import FORMAT_VERSION, DatasetError, OfflineDataset,
 from plare_jax.envs.sim import MAX_EPISODE_STEPS, SIM_STATE_SPEC, ExpertPolicy, TaskEnv
 from plare_jax.envs.tasks import resolve_task
 
-# Stretch probability per step, calibrated at a 250-step horizon so that roughly 30-60% of
-# episodes succeed (experiments/data_report.py measures it). Tasks not listed use the fallback.
+# Per-task generation mix, calibrated at a 250-step horizon so that roughly 30-60% of episodes
+# succeed (benchmarks/data_report.py measures it). Tasks whose scripted expert reads the goal
+# from the observation get half their episodes from a decoy-goal expert (a systematic mistake
+# BC cannot average away) and fewer random stretches; the others get stretches only.
 DEFAULT_STRETCH_PROB: dict[str, float] = {
-    "sweep-into-v3": 0.15,
+    "sweep-into-v3": 0.05,
     "drawer-open-v3": 0.085,
     "door-open-v3": 0.1,
-    "plate-slide-v3": 0.15,
+    "plate-slide-v3": 0.05,
+}
+DEFAULT_DECOY_PROB: dict[str, float] = {
+    "sweep-into-v3": 0.5,
+    "plate-slide-v3": 0.5,
 }
 FALLBACK_STRETCH_PROB = 0.1
 
@@ -56,6 +65,15 @@ class CollectionConfig:
         stretch_min: shortest stretch, in steps.
         stretch_max: longest stretch, in steps (inclusive).
         action_noise: std of Gaussian noise on the expert's actions.
+        decoy_prob: per-episode probability that the expert is shown a decoy goal (the true
+            goal + `decoy_offset`) instead of the true one: a systematic, state-consistent
+            mistake, like a half-trained policy makes. Random stretches are zero-mean and BC
+            averages them away; a decoy mode is not, so it separates preference learning from
+            BC. Only tasks whose scripted expert reads the goal from the observation
+            (e.g. sweep-into, plate-slide, reach, push) are affected; the stored observations
+            always hold the true goal.
+            None = per-task default (DEFAULT_DECOY_PROB, else 0).
+        decoy_offset: xyz offset of the decoy goal from the true goal, in metres.
     """
 
     task: str
@@ -66,6 +84,8 @@ class CollectionConfig:
     stretch_min: int = 10
     stretch_max: int = 30
     action_noise: float = 0.1
+    decoy_prob: float | None = None
+    decoy_offset: tuple[float, float, float] = (0.15, 0.0, 0.0)
 
     def __post_init__(self):
         resolve_task(self.task)  # fail early on a bad name
@@ -79,6 +99,10 @@ class CollectionConfig:
             raise ValueError(f"need 1 <= stretch_min <= stretch_max, got {self.stretch_min}, {self.stretch_max}")
         if self.action_noise < 0:
             raise ValueError(f"action_noise must be >= 0, got {self.action_noise}")
+        if self.decoy_prob is not None and not 0.0 <= self.decoy_prob <= 1.0:
+            raise ValueError(f"decoy_prob must be in [0, 1], got {self.decoy_prob}")
+        if len(self.decoy_offset) != 3:
+            raise ValueError(f"decoy_offset must be 3 numbers (x, y, z), got {self.decoy_offset}")
 
     @property
     def task_id(self) -> str:
@@ -90,10 +114,18 @@ class CollectionConfig:
             return float(self.stretch_prob)
         return DEFAULT_STRETCH_PROB.get(self.task_id, FALLBACK_STRETCH_PROB)
 
+    @property
+    def resolved_decoy_prob(self) -> float:
+        if self.decoy_prob is not None:
+            return float(self.decoy_prob)
+        return DEFAULT_DECOY_PROB.get(self.task_id, 0.0)
+
     def resolved(self) -> dict:
         """The config with the task id and defaults filled in (what the data depends on)."""
         out = dataclasses.asdict(self)
-        out.update(task=self.task_id, stretch_prob=self.resolved_stretch_prob)
+        out.update(task=self.task_id, stretch_prob=self.resolved_stretch_prob,
+                   decoy_prob=self.resolved_decoy_prob,
+                   decoy_offset=[float(x) for x in self.decoy_offset])  # as JSON gives it back
         return out
 
     def cache_key(self) -> str:
@@ -144,6 +176,9 @@ def run_episode(
         "layout": layout,
     }
     eps = config.resolved_stretch_prob
+    # A separate stream, so configs without decoys keep exactly their old episodes.
+    decoy = np.random.default_rng([config.seed, episode_index, 1]).random() < config.resolved_decoy_prob
+    goal_shift = np.asarray(config.decoy_offset, np.float64) if decoy else np.zeros(3)
     stretch_left = 0
     for t in range(h):
         out["observations"][t] = obs
@@ -161,7 +196,9 @@ def run_episode(
             action = random_action
             stretch_left -= 1
         else:
-            action = expert(obs) + noise
+            expert_obs = obs.copy()
+            expert_obs[-3:] += goal_shift  # the last 3 entries are the goal position
+            action = expert(expert_obs) + noise
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         obs, reward, success = env.step(action)
         out["actions"][t] = action
@@ -271,7 +308,8 @@ def _assemble(config: CollectionConfig, episodes: list, key: str) -> OfflineData
         "generation_mix": (
             "scripted expert + N(0, action_noise) noise, with random stretches: per step, if none is "
             "running, start one with prob stretch_prob; k ~ U{stretch_min..stretch_max} uniform random "
-            "actions; episodes run the full horizon"
+            "actions; with prob decoy_prob per episode the expert is shown the goal shifted by "
+            "decoy_offset (a systematic mistake); episodes run the full horizon"
         ),
         "num_episodes": ds.num_episodes,
         "num_steps": ds.num_steps,

@@ -1,6 +1,6 @@
 """Measures collection speed, success rate and return spread of the offline data per task.
 
-Usage: PYTHONPATH=. python experiments/data_report.py [--episodes 100] [--horizon 250] [--workers 2]
+Usage: PYTHONPATH=. python benchmarks/data_report.py [--episodes 100] [--horizon 250] [--workers 2]
 Collects into a temporary cache (so the timing is a real collection), prints one line per task.
 """
 
@@ -19,18 +19,20 @@ PAPER_TASKS = ("sweep-into", "drawer-open", "door-open", "plate-slide")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS))
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--horizon", type=int, default=250)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS), help="MetaWorld v3 tasks")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per task")
+    parser.add_argument("--horizon", type=int, default=250, help="steps per episode")
+    parser.add_argument("--workers", type=int, default=2, help="collection processes")
+    parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--stretch-prob", type=float, default=None, help="override the per-task default")
+    parser.add_argument("--decoy-prob", type=float, default=None, help="override the per-task default")
     args = parser.parse_args()
-    print("task          eps  steps/s  success  ret min / q25 / median / q75 / max  stretch_prob")
+    print("task          eps  steps/s  success  ret min / q25 / median / q75 / max  stretch decoy")
     with tempfile.TemporaryDirectory() as cache:
         for task in args.tasks:
             config = CollectionConfig(
-                task, num_episodes=args.episodes, horizon=args.horizon, seed=args.seed, stretch_prob=args.stretch_prob
+                task, num_episodes=args.episodes, horizon=args.horizon, seed=args.seed, stretch_prob=args.stretch_prob,
+                decoy_prob=args.decoy_prob,
             )
             started = time.perf_counter()
             ds = collect_dataset(config, cache_dir=cache, workers=args.workers, progress=False)
@@ -39,7 +41,7 @@ def main() -> None:
             q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
             print(
                 f"{task:12s} {ds.num_episodes:4d} {ds.num_steps / elapsed:8.0f}  {ds.episode_success.mean():6.2f}"
-                f"   {q[0]:6.0f} / {q[1]:6.0f} / {q[2]:6.0f} / {q[3]:6.0f} / {q[4]:6.0f}   {config.resolved_stretch_prob}",
+                f"   {q[0]:6.0f} / {q[1]:6.0f} / {q[2]:6.0f} / {q[3]:6.0f} / {q[4]:6.0f}   {config.resolved_stretch_prob}  {config.resolved_decoy_prob}",
                 flush=True,
             )
 
