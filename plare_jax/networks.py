@@ -13,7 +13,7 @@ Dropout randomness comes from an explicit key argument rather than from
 function inside `jax.jit`/`lax.scan` and choose the PRNG implementation of the
 dropout key. Masks use as few random bits per unit as the rate allows (2 for
 the reference 0.25) instead of a float uniform per unit (`jax.random.bernoulli`);
-see `dropout` and benchmarks/update_throughput.py.
+see `dropout` and benchmarks/training.py.
 """
 
 from __future__ import annotations
