@@ -157,3 +157,30 @@ def test_vlm_pipeline_against_loopback_server(tmp_path):
     assert labels["pairs"] == 24
     assert 0.0 <= labels["accuracy"] <= 1.0
     assert (tmp_path / "cache" / "labels.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_resumable_run(tmp_path):
+    import signal
+    import time
+
+    args = [*TINY, "--bc-steps", "200", "--cpl-steps", "200", "--eval-every", "100",
+            "--labeler", "scripted", "--run-name", "c", "--out-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--no-video"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PLARE_VLM_BASE_URL", None)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "c" / "reach-v3" / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and '"eval": true' in metrics.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "--resume" in stderr
+    assert not (tmp_path / "runs" / "c" / "results.json").exists()
+    resumed = run_cli(["--resume", str(tmp_path / "runs" / "c")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "c" / "results.json").read_text())
+    assert set(results["tasks"]["reach-v3"]["methods"]) == {"plare", "bc"}
