@@ -27,7 +27,7 @@ import dataclasses
 import pathlib
 import shutil
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
@@ -93,7 +93,7 @@ class ExperimentConfig:
     method: tuple[Literal["plare", "bc"], ...] = ("plare", "bc")
     """Methods to train. Both share the data and the BC phase; bc continues behaviour cloning where
     plare switches to CPL, so they get the same number of update steps."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
     """Training/evaluation seeds; results report mean and spread over them."""
     labeler: Literal["auto", "vlm", "scripted"] = "auto"
     """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
