@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import statistics
 import sys
 import time
 from typing import Literal

@@ -46,7 +46,6 @@ from plare_jax.labeling.vlm import VLMConfig, VLMEndpointError, VLMLabeler, chec
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax import plotting, runs
 
-PAPER_TASKS = ("sweep-into", "drawer-open", "door-open", "plate-slide")
 VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
 
 

@@ -7,7 +7,6 @@ same pairs, on the pairs where both are sure; the full 3x3 confusion counts
 
 from __future__ import annotations
 
-import numpy as np
 
 from plare_jax.labeling.base import UNSURE, VALID_LABELS, check_preferences
 

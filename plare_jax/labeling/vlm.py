@@ -28,7 +28,7 @@ import numpy as np
 import openai
 from tqdm.auto import tqdm
 
-from plare_jax.labeling.base import FIRST, SECOND, UNSURE, LabelResult, PairBatch
+from plare_jax.labeling.base import UNSURE, LabelResult, PairBatch
 from plare_jax.labeling.store import LabelStore, label_key
 
 logger = logging.getLogger(__name__)
