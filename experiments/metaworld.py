@@ -331,15 +331,28 @@ def label_pairs(config, choice, task, dataset, pairs, base_url, label_store_path
     return np.concatenate(preferences), stats
 
 
-def _merge_stats(stats_list):
-    merged = {}
-    for stats in stats_list:
-        for k, v in stats.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k in merged and not (
-                    k.startswith("latency") or k.endswith("per_s")):
-                merged[k] = merged[k] + v
-            else:
-                merged[k] = v
+_SUMMED_STATS = ("pairs", "queried_pairs", "cache_hits", "requests", "retries", "malformed", "failed",
+                 "unsure", "prompt_tokens", "completion_tokens", "wall_s")
+
+
+def _merge_stats(stats_list: list[dict]) -> dict:
+    """One labeling report's statistics from per-chunk statistics.
+
+    Counts and wall time add up and rates are recomputed from them; a latency percentile is the
+    largest of the chunks' (an upper bound: chunks cannot be merged exactly); anything else
+    (model, prompt version, concurrency) is the same in every chunk.
+    """
+    merged = dict(stats_list[0])
+    for name in _SUMMED_STATS:
+        if name in merged:
+            merged[name] = sum(stats.get(name) or 0 for stats in stats_list)
+    for name in merged:
+        if name.startswith("latency_"):
+            merged[name] = max(stats[name] for stats in stats_list)
+    wall = merged.get("wall_s") or 0.0
+    if wall > 0:
+        merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall
+        merged["requests_per_s"] = merged.get("requests", 0) / wall
     return merged
 
 

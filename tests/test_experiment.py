@@ -184,3 +184,16 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((tmp_path / "runs" / "c" / "results.json").read_text())
     assert set(results["tasks"]["reach-v3"]["methods"]) == {"plare", "bc"}
+
+
+def test_label_stats_of_chunks_merge_into_one_report():
+    module = load_cli_module()
+    first = {"labeler": "vlm", "pairs": 10, "queried_pairs": 8, "requests": 16, "wall_s": 2.0,
+             "latency_p50_s": 0.2, "concurrency": 32, "pairs_per_s": 4.0}
+    second = {"labeler": "vlm", "pairs": 5, "queried_pairs": 5, "requests": 10, "wall_s": 1.0,
+              "latency_p50_s": 0.3, "concurrency": 32, "pairs_per_s": 5.0}
+    merged = module._merge_stats([first, second])
+    assert (merged["pairs"], merged["queried_pairs"], merged["requests"]) == (15, 13, 26)
+    assert merged["concurrency"] == 32 and merged["latency_p50_s"] == 0.3
+    assert merged["pairs_per_s"] == pytest.approx(13 / 3.0)
+    assert merged["requests_per_s"] == pytest.approx(26 / 3.0)
