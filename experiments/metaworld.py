@@ -269,10 +269,12 @@ def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
         vlm_config = _vlm_config(config, base_url)
         check_endpoint(vlm_config)  # raises VLMEndpointError with a clear message
         return LabelerChoice("vlm", f"endpoint {base_url}", base_url=base_url)
-    can_launch = shutil.which("vllm") is not None and vllm_launcher.local_gpu_available()
-    if config.vlm.launch or (config.labeler == "auto" and can_launch):
-        if not config.vlm.launch and not can_launch:
-            raise ConfigError("--vlm.launch needs the `vllm` executable and a local GPU")
+    has_vllm = shutil.which("vllm") is not None
+    if config.vlm.launch and not has_vllm:
+        raise ConfigError("--vlm.launch needs the `vllm` executable: pip install \"plare-jax[vlm]\" "
+                          "(CUDA only), or pass --vlm.base-url of a running server")
+    if config.vlm.launch or (config.labeler == "auto" and has_vllm
+                             and vllm_launcher.local_gpu_available()):
         return LabelerChoice("vlm", f"launching vllm serve {config.vlm.model} locally", launch=True)
     if config.labeler == "vlm":
         raise ConfigError(
@@ -294,11 +296,6 @@ def _vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
     )
 
 
-def subset_pairs(pairs: SegmentPairs, index: np.ndarray) -> SegmentPairs:
-    return dataclasses.replace(pairs, starts=pairs.starts[index], returns=pairs.returns[index],
-                               successes=pairs.successes[index], progress=pairs.progress[index])
-
-
 def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
     """[P, 2] ground-truth score per segment that the scripted teacher compares."""
     return pairs.progress if config.teacher == "progress" else pairs.returns
@@ -306,10 +303,10 @@ def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
 
 def label_pairs(config, choice, task, dataset, pairs, base_url, label_store_path):
     """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics."""
-    teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
-                              mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
     goal_text = task_text(task, config.vlm.task_text)
     if choice.kind == "scripted":
+        teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
+                                  mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
         result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
                                progress=False)
         return result.preferences, result.stats
@@ -321,7 +318,7 @@ def label_pairs(config, choice, task, dataset, pairs, base_url, label_store_path
         labeler = VLMLabeler(labeler_config, store=store)
         for begin in range(0, len(pairs.starts), chunk):
             index = np.arange(begin, min(begin + chunk, len(pairs.starts)))
-            images = render_pair_images(dataset, subset_pairs(pairs, index), render_config,
+            images = render_pair_images(dataset, pairs.take(index), render_config,
                                         workers=config.workers)
             png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
             result = labeler.label(PairBatch(goal_text, images=png_pairs))
@@ -383,9 +380,6 @@ class TaskData:
     """Everything the learner needs for one task, plus what the results report about it."""
 
     task: str
-    dataset: object
-    pairs: SegmentPairs
-    preferences: np.ndarray
     transitions: TransitionData
     preference_data: PreferenceData
     summary: dict
@@ -428,7 +422,7 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, bas
                                  actions=jnp.asarray(dataset.actions, jnp.float32))
     summary = {"dataset": dataset.card, "labels": report, "timings": timings}
     runs.write_json_atomic(task_dir / "data_and_labels.json", summary)
-    return TaskData(task, dataset, pairs, preferences, transitions, preference_data, summary)
+    return TaskData(task, transitions, preference_data, summary)
 
 
 def evaluate(config: ExperimentConfig, task: str, state: LearnerState, seed: int,
@@ -441,8 +435,10 @@ def evaluate(config: ExperimentConfig, task: str, state: LearnerState, seed: int
 
 def run_branch(config: ExperimentConfig, data: TaskData, state: LearnerState, *, branch: str,
                phase: str, start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
-               log: runs.MetricsLog) -> LearnerState:
+               log: runs.MetricsLog, video_path: pathlib.Path | None = None) -> LearnerState:
     """Train one branch (shared BC phase, or a method's second phase) with evals and checkpoints.
+
+    `video_path`: record the branch's final evaluation there (no extra evaluation episodes).
 
     Resumable: restores the branch's latest checkpoint and continues from there; randomness
     depends only on (seed, step), so an interrupted and resumed run equals an uninterrupted one.
@@ -473,7 +469,8 @@ def run_branch(config: ExperimentConfig, data: TaskData, state: LearnerState, *,
                             **{k: float(np.asarray(v)[i]) for k, v in metrics.items()}})
             step += chunk
             bar.update(chunk)
-            result = evaluate(config, data.task, state, seed)
+            result = evaluate(config, data.task, state, seed,
+                              video_path=video_path if step == end_step else None)
             log.append({"branch": branch, "phase": phase, "step": step, "eval": True,
                         "success_rate": result.success_rate, "mean_return": result.mean_return})
             bar.set_postfix(success=f"{result.success_rate:.2f}")
@@ -482,6 +479,12 @@ def run_branch(config: ExperimentConfig, data: TaskData, state: LearnerState, *,
         bar.close()
         manager.close()
     return state
+
+
+def method_evals(records: list[dict], method: str) -> list[dict]:
+    """Evaluation records of `method`, the shared BC phase included, in step order."""
+    evals = [r for r in records if r.get("eval") and r["branch"] in ("bc_phase", method)]
+    return sorted(evals, key=lambda r: r["step"])
 
 
 def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path) -> dict:
@@ -509,17 +512,18 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
             state, phase = start_phase(bc_state, "cpl"), "cpl"
         else:  # the baseline keeps cloning with the same optimizer, for as many steps
             state, phase = bc_state, "bc"
+        video_path = (unit_dir.parent / f"{method}_final.mp4"
+                      if config.video and seed == config.seeds[0] else None)
         state = run_branch(config, data, state, branch=method, phase=phase,
                            start_step=config.bc_steps, num_steps=config.cpl_steps, seed=seed,
-                           unit_dir=unit_dir, log=log)
+                           unit_dir=unit_dir, log=log, video_path=video_path)
         timings[f"{method}_phase_s"] = time.perf_counter() - t0
-        final = [r for r in log.read() if r.get("eval") and r["branch"] in (method, "bc_phase")]
-        final = max(final, key=lambda r: r["step"])
+        final = method_evals(log.read(), method)[-1]
         results[method] = {"success_rate": final["success_rate"], "mean_return": final["mean_return"],
                            "step": final["step"]}
-        if config.video and seed == config.seeds[0]:
-            video_path = unit_dir.parent / f"{method}_final.mp4"
-            evaluate(config, data.task, state, seed, video_path=video_path)
+        if video_path is not None:
+            if not video_path.exists():  # branch finished before a resume, or no steps to run
+                evaluate(config, data.task, state, seed, video_path=video_path)
             results[method]["video"] = str(video_path.relative_to(unit_dir.parent.parent))
     result = {"seed": seed, "methods": results, "timings": timings}
     runs.write_json_atomic(done_path, result)
@@ -533,16 +537,14 @@ def eval_curves(run_dir: pathlib.Path, config: ExperimentConfig) -> dict:
         curves[task] = {m: [] for m in config.method}
         for seed in config.seeds:
             records = runs.MetricsLog(run_dir / task / f"seed{seed}" / "metrics.jsonl").read()
-            evals = [r for r in records if r.get("eval")]
             for method in config.method:
-                points = [(r["step"], r["success_rate"]) for r in evals
-                          if r["branch"] in ("bc_phase", method)]
-                curves[task][method].append(sorted(points))
+                curves[task][method].append(
+                    [(r["step"], r["success_rate"]) for r in method_evals(records, method)])
     return curves
 
 
-def summarize(config: ExperimentConfig, choice: LabelerChoice, run_dir: pathlib.Path,
-              task_summaries: dict, seed_results: dict) -> dict:
+def summarize(config: ExperimentConfig, choice: LabelerChoice, task_summaries: dict,
+              seed_results: dict) -> dict:
     tasks = {}
     for task in config.tasks:
         methods = {}
@@ -643,7 +645,7 @@ def run(config: ExperimentConfig) -> dict:
             for seed in config.seeds:
                 seed_results[task][seed] = train_seed(config, datas[task], seed,
                                                       run_dir / task / f"seed{seed}")
-                results = summarize(config, choice, run_dir, task_summaries, seed_results)
+                results = summarize(config, choice, task_summaries, seed_results)
                 runs.write_json_atomic(run_dir / "results.json", results)
             del datas[task]  # free device memory before the next task
     except KeyboardInterrupt:
@@ -677,7 +679,8 @@ def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         run(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError) as e:
+    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError,
+            vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

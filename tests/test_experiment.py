@@ -72,6 +72,7 @@ def test_paper_preset_sets_reference_settings():
         (["--bc-steps", "150", "--metrics-every", "100"], "--bc-steps"),
         (["--labeler", "vlm"], "--vlm.base-url"),
         (["--labeler", "vlm", "--vlm.base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9"),
+        (["--vlm.launch"], "--vlm.launch needs the `vllm` executable"),
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):

@@ -88,3 +88,14 @@ def test_gather_matches_rows_for_any_start_shape():
     np.testing.assert_array_equal(obs[0, 1], ds.observations[2:5])
     np.testing.assert_array_equal(act[0, 2], ds.actions[4:7])
     assert dataclasses.is_dataclass(ds)
+
+
+def test_take_indexes_every_per_pair_array():
+    ds = synthetic_dataset([30, 20, 25])
+    pairs = sample_segment_pairs(ds, 10, segment_length=8, rng=np.random.default_rng(2))
+    index = np.array([7, 2])
+    part = pairs.take(index)
+    assert part.length == pairs.length
+    for field in dataclasses.fields(pairs):
+        if field.name != "length":
+            np.testing.assert_array_equal(getattr(part, field.name), getattr(pairs, field.name)[index])

@@ -41,6 +41,11 @@ class SegmentPairs:
     def num_pairs(self) -> int:
         return int(self.starts.shape[0])
 
+    def take(self, index: np.ndarray) -> "SegmentPairs":
+        """The pairs at `index` (every per-pair array indexed alike)."""
+        per_pair = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self) if f.name != "length"}
+        return dataclasses.replace(self, **per_pair)
+
 
 def progress_window(segment_length: int) -> int:
     """Steps averaged at each end of a segment for its progress score (an eighth of it)."""
