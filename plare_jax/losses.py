@@ -7,8 +7,8 @@ is safe when every weight is zero (PLARE gives "unsure" VLM answers weight 0).
 References:
   Hejna et al., "Contrastive Preference Learning: Learning from Human Feedback
   without RL", arXiv 2310.13639 (CPL).
-  Luu et al., "PLARE: Preference-based Learning from VLM Annotations for Robot
-  Execution", arXiv 2507.23391 (PLARE).
+  Luu et al., "Policy Learning from Large Vision-Language Model Feedback without
+  Reward Modeling", arXiv 2507.23391 (PLARE).
 """
 
 from __future__ import annotations
