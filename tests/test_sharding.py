@@ -29,8 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TWO_DEVICE_SCRIPT = textwrap.dedent(
     """
-    import json, os
+    import json, os, re
     import jax, numpy as np
+    from plare_jax.sharding import place
     from plare_jax import learner
     from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start_phase, train
     from plare_jax.sharding import make_data_mesh
@@ -62,9 +63,18 @@ TWO_DEVICE_SCRIPT = textwrap.dedent(
         odd_error = ""
     except ValueError as err:
         odd_error = str(err)
-    hlo = learner._train_jit.lower(state, data, key, num_steps=2, metrics_every=2, phase="cpl",
-                                   mesh=mesh).compile().as_text()
+    def compiled_hlo(mesh):
+        s, d, k = place((start_phase(initial, "cpl"), data, key), mesh)
+        return learner._train_jit.lower(s, d, k, num_steps=2, metrics_every=2, phase="cpl",
+                                        mesh=mesh).compile().as_text()
+
+    def dot_shapes(hlo):
+        # result shapes of every matmul of the per-device program XLA compiled
+        return sorted(set(re.findall(r"= f32\\[([0-9,]+)\\]\\{[0-9,]*\\} dot\\(", hlo)))
+
+    hlo = compiled_hlo(mesh)
     print("RESULT" + json.dumps({
+        "dots_two": dot_shapes(hlo), "dots_single": dot_shapes(compiled_hlo(None)),
         "params": results, "loss": metrics, "all_reduce": "all-reduce" in hlo,
         "replicated": sharding.is_fully_replicated, "odd_error": odd_error, "num_devices": len(sharding.device_set),
     }))
@@ -85,6 +95,14 @@ def test_two_forced_cpu_devices_match_one_device():
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
     out = json.loads(line[len("RESULT") :])
     assert out["all_reduce"], "the 2-device program should all-reduce the gradients"
+    # Each device must compute its half of the batch: 8 pairs x 2 segments x 8 steps = 128 rows
+    # on one device, 64 per device on two. A program where every device ran the whole batch
+    # (and all-reduced anyway) would show 128-row matmuls here.
+    rows_single = {int(shape.split(",")[0]) for shape in out["dots_single"]}
+    rows_two = {int(shape.split(",")[0]) for shape in out["dots_two"]}
+    assert 128 in rows_single and 64 not in rows_single, out["dots_single"]
+    assert 64 in rows_two and 128 not in rows_two, out["dots_two"]
+    assert {"64,32", "64,2"} <= set(out["dots_two"]), out["dots_two"]
     assert out["replicated"] and out["num_devices"] == 2
     assert "batch_pairs 7 is not divisible by the 2 devices" in out["odd_error"]
     for single, two in zip(out["params"]["single"], out["params"]["two"]):
