@@ -56,6 +56,11 @@ class LoopbackBehavior:
             instead of honouring the requested choice constraint.
         tie_margin: Brightness gap at or below which stage 2 answers -1.
         retry_after_s: Retry-After header value sent with injected errors (None: no header).
+        hold_until_in_flight: Hold every request until this many are in flight at once (then
+            answer all, and never hold again); 0: no gate. Proves a client's concurrency without
+            a clock: a client with fewer requests in flight waits `hold_timeout_s` and the
+            server counts a "gate_timeouts".
+        hold_timeout_s: How long the gate waits before answering anyway.
     """
 
     latency_s: float = 0.0
@@ -68,6 +73,8 @@ class LoopbackBehavior:
     ignore_structured_output: bool = False
     tie_margin: float = 0.02
     retry_after_s: float | None = None
+    hold_until_in_flight: int = 0
+    hold_timeout_s: float = 60.0
 
 
 def brightness_png(level: float, size: int = 8) -> bytes:
@@ -148,13 +155,31 @@ class _Server(ThreadingHTTPServer):
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
-        self.counts = {"requests": 0, "stage1": 0, "stage2": 0, "errors": 0, "hung": 0}
+        self.counts = {"requests": 0, "stage1": 0, "stage2": 0, "errors": 0, "hung": 0, "max_in_flight": 0,
+                       "gate_timeouts": 0}  # fmt: skip
+        self.in_flight = 0
+        self.gate_open = threading.Event()
 
     def _count(self, name: str) -> None:
         with self.lock:
             self.counts[name] += 1
 
     def answer(self, request: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.in_flight += 1
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
+            if self.in_flight >= self.behavior.hold_until_in_flight:
+                self.gate_open.set()
+        try:
+            if self.behavior.hold_until_in_flight and not self.gate_open.wait(self.behavior.hold_timeout_s):
+                self._count("gate_timeouts")
+                self.gate_open.set()
+            return self._answer(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, request: dict) -> tuple[int, dict]:
         b = self.behavior
         self._count("requests")
         if request.get("model") != self.model:
@@ -295,7 +320,8 @@ class LoopbackVLMServer:
 
     @property
     def counts(self) -> dict:
-        """Requests received: total, answered stage 1 / stage 2, injected errors, hung."""
+        """Requests received: total, answered stage 1 / stage 2, injected errors, hung, the peak
+        number in flight at once, and gate timeouts (`hold_until_in_flight` not reached)."""
         with self._server.lock:
             return dict(self._server.counts)
 
