@@ -116,7 +116,7 @@ def test_startup_timeout_kills_server(fake_vllm, monkeypatch):
     with pytest.raises(VLLMLaunchError, match="not healthy after"):
         with launch_vllm(MODEL, startup_timeout_s=1.5):
             pass
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60  # a hang guard (the fake server never gets healthy), not a speed check
     assert not _pid_alive(json.loads(fake_vllm.read_text())["pid"])
 
 
@@ -131,7 +131,7 @@ def test_exception_in_block_stops_server_and_sigkill_after_grace(fake_vllm, monk
     with pytest.raises(VLLMLaunchError):
         with launch_vllm(MODEL, startup_timeout_s=1.0, shutdown_timeout_s=0.5):
             pass
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60  # a hang guard (the fake server ignores SIGTERM), not a speed check
     assert not _pid_alive(json.loads(fake_vllm.read_text())["pid"])
 
 

@@ -321,9 +321,9 @@ class LoopbackVLMServer:
     @property
     def counts(self) -> dict:
         """Requests received: total, answered stage 1 / stage 2, injected errors, hung, the peak
-        number in flight at once, and gate timeouts (`hold_until_in_flight` not reached)."""
+        number in flight at once and now, and gate timeouts (`hold_until_in_flight` not reached)."""
         with self._server.lock:
-            return dict(self._server.counts)
+            return {**self._server.counts, "in_flight": self._server.in_flight}
 
     def __enter__(self) -> LoopbackVLMServer:
         return self.start()
