@@ -1,7 +1,12 @@
+import multiprocessing
+import signal
+import warnings
+
 import numpy as np
 import pytest
 
-from plare_jax.envs.evaluate import evaluate_policy, scripted_expert_policy
+from plare_jax.envs.evaluate import _write_video, evaluate_policy, scripted_expert_policy
+from plare_jax.interrupts import StopFlag, StopRequested
 
 
 @pytest.mark.slow
@@ -38,3 +43,59 @@ def test_bad_policy_output_and_arguments():
         evaluate_policy("door-open", lambda o: o[:, :4], video_path="x.avi")
     with pytest.raises(ValueError, match=r"actions \[2, 4\]"):
         evaluate_policy("door-open", lambda o: np.zeros((2, 3)), num_episodes=2, horizon=2, workers=1, progress=False)
+
+
+class StopAfter(StopFlag):
+    """A StopFlag that turns on, as if SIGTERM had arrived, at its `calls`-th check."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls_left = calls
+
+    def __call__(self) -> bool:
+        self.calls_left -= 1
+        if self.calls_left <= 0:
+            self.request(signal.SIGTERM)
+        return super().__call__()
+
+
+@pytest.mark.slow
+def test_stop_between_steps_closes_the_workers_and_writes_no_video(tmp_path):
+    policy = scripted_expert_policy("drawer-open")
+    with pytest.raises(StopRequested) as raised:
+        evaluate_policy(
+            "drawer-open", policy, num_episodes=2, horizon=200, seed=0, workers=2, progress=False,
+            video_path=tmp_path / "v.mp4", should_stop=StopAfter(5),
+        )  # fmt: skip
+    assert raised.value.exit_code == 143
+    assert multiprocessing.active_children() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")  # the imageio control below warns on purpose
+def test_mp4_is_written_without_forking_a_jax_process(tmp_path):
+    import imageio.v2 as imageio
+    import imageio.v3 as iio
+    import jax.numpy as jnp
+
+    jnp.ones(4).block_until_ready()  # JAX's backend (and its threads) are up
+    frames = [np.full((32, 48, 3), 20 * i, np.uint8) for i in range(10)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _write_video(tmp_path / "v.mp4", frames)
+    assert not [w for w in caught if "fork" in str(w.message)], [str(w.message) for w in caught]
+    video = iio.imread(tmp_path / "v.mp4")
+    assert video.shape == (10, 32, 48, 3)
+    np.testing.assert_allclose(video[:, 16, 24, 0], [20 * i for i in range(10)], atol=4)
+    # The check above can fail: imageio's own ffmpeg writer forks through Python and warns.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        imageio.mimsave(tmp_path / "imageio.mp4", frames, fps=30)
+    assert [w for w in caught if "os.fork() was called" in str(w.message)]
+
+
+def test_stop_while_writing_a_video_leaves_no_file(tmp_path):
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 20
+    with pytest.raises(StopRequested):
+        _write_video(tmp_path / "v.mp4", frames, StopAfter(10))
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,10 @@ Each step the caller's policy is called once on all running episodes' observatio
 the actions are sent over pipes to "spawn"ed worker processes that each step a few envs.
 Episode e's layout comes from `numpy.random.default_rng([seed, EVAL_STREAM, e])`: the same
 seed gives the same layouts for any worker count.
+
+Stopping: `should_stop` is checked before every step and between video frames; when it
+returns true the workers are closed and `StopRequested` is raised. The workers ignore
+SIGINT (the terminal sends Ctrl-C to the whole process group): the parent decides.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from tqdm.auto import tqdm
 
 from plare_jax.envs.sim import MAX_EPISODE_STEPS, ExpertPolicy, TaskEnv
 from plare_jax.envs.tasks import resolve_task
+from plare_jax.interrupts import raise_if_stopped
 
 EVAL_STREAM = 1  # keeps evaluation layouts apart from collection's default_rng([seed, episode])
 VIDEO_SIZE = 224  # divisible by 16, so video encoders need no resize
@@ -45,6 +53,7 @@ class EvalResult:
 
 def _worker(conn, task: str, seed: int, episodes: list[int], video_episodes: int) -> None:
     """Steps the envs of `episodes` on command: ("step", actions [n, 4]) or ("close",)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (close, then terminate)
     envs = [TaskEnv(task) for _ in episodes]
     renderers = {}
     if any(e < video_episodes for e in episodes):
@@ -85,6 +94,7 @@ def evaluate_policy(
     video_path: str | os.PathLike | None = None,
     video_episodes: int = 2,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Success rate and mean return of a policy.
 
@@ -98,9 +108,14 @@ def evaluate_policy(
         video_path: if given, a .mp4 or .gif of the first `video_episodes` episodes, one after another.
         video_episodes: number of episodes in the video.
         progress: tqdm bar over steps.
+        should_stop: checked before every step and video frame (e.g. a
+            `plare_jax.interrupts.StopFlag`); when true, evaluation stops.
 
     Returns:
         EvalResult; an episode succeeds if info["success"] was ever 1.
+
+    Raises:
+        StopRequested: `should_stop()` became true (no video is written then).
     """
     task_id = resolve_task(task)
     if num_episodes < 1:
@@ -135,6 +150,7 @@ def evaluate_policy(
         returns = np.zeros(num_episodes)
         successes = np.zeros(num_episodes, dtype=bool)
         for _ in tqdm(range(horizon), desc=f"evaluate {task_id}", unit="step", disable=not progress):
+            raise_if_stopped(should_stop)
             actions = np.asarray(policy_fn(obs.astype(np.float32)), dtype=np.float32)
             if actions.shape != (num_episodes, 4):
                 raise ValueError(f"policy_fn must return actions [{num_episodes}, 4], got {actions.shape}")
@@ -158,7 +174,7 @@ def evaluate_policy(
             if proc.is_alive():
                 proc.terminate()
     if video_path is not None:
-        _write_video(Path(video_path), [f for e in range(n_video) for f in videos[e]])
+        _write_video(Path(video_path), [f for e in range(n_video) for f in videos[e]], should_stop)
     return EvalResult(
         success_rate=float(successes.mean()),
         mean_return=float(returns.mean()),
@@ -175,14 +191,56 @@ def _recv(conn, proc):
     return conn.recv()
 
 
-def _write_video(path: Path, frames: list[np.ndarray]) -> None:
-    import imageio.v2 as imageio
+def _write_video(path: Path, frames: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> None:
+    """Writes `frames` [H, W, 3] uint8 as .gif (Pillow) or .mp4 (H.264 via imageio-ffmpeg's binary).
 
+    The file appears complete or not at all (temporary file, then rename).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1000 / VIDEO_FPS, loop=0)
-    else:
-        imageio.mimsave(path, frames, fps=VIDEO_FPS)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if path.suffix.lower() == ".gif":
+            import imageio.v2 as imageio
+
+            raise_if_stopped(should_stop)
+            imageio.mimsave(tmp, frames, duration=1000 / VIDEO_FPS, loop=0)
+        else:
+            _write_mp4(tmp, frames, should_stop)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], should_stop: Callable[[], bool] | None) -> None:
+    import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(VIDEO_FPS), "-i", "-",
+        "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "23", "-f", "mp4", str(path),
+    ]  # fmt: skip
+    # Our own ffmpeg pipe instead of imageio's writer: imageio starts ffmpeg with
+    # preexec_fn=os.setpgrp, which makes Python fork this multithreaded (JAX) process through
+    # its at-fork hooks (JAX's "os.fork() was called" warning). start_new_session keeps ffmpeg
+    # out of the terminal's Ctrl-C just the same, without a Python-level fork.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+                                start_new_session=True)  # fmt: skip
+        try:
+            for frame in frames:
+                raise_if_stopped(should_stop)
+                proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+            proc.stdin.close()
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"ffmpeg could not write {path} (exit code {code}): {message}")
 
 
 def scripted_expert_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
