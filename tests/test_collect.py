@@ -76,8 +76,13 @@ def test_corrupt_or_mismatched_cache_file_is_a_dataset_error(tiny, tmp_path):
     (path,) = cache.glob("*.npz")
     broken = tmp_path / path.name
     broken.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match="cached dataset cannot be used.*corrupt or truncated") as raised:
         collect_dataset(TINY, cache_dir=tmp_path, workers=1, progress=False)
+    assert raised.value.path == broken
+    # recollect=True replaces the broken file with a good one, the same data as collected before
+    again = collect_dataset(TINY, cache_dir=tmp_path, workers=1, progress=False, recollect=True)
+    assert_same_arrays(tiny[1], again)
+    assert_same_arrays(again, load_dataset(broken))
     with pytest.raises(DatasetError, match="expected 'door-open-v3'"):
         load_dataset(path, expect_task="door-open-v3")
 

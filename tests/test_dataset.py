@@ -44,15 +44,6 @@ def test_save_load_roundtrip(tmp_path):
             assert a == b
 
 
-def test_truncated_file_is_a_dataset_error(tmp_path):
-    path = tmp_path / "d.npz"
-    save_dataset(make_dataset(), path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="collect again"):
-        load_dataset(path)
-
-
 def test_flipped_bytes_are_a_dataset_error(tmp_path):
     path = tmp_path / "d.npz"
     save_dataset(make_dataset(), path)
@@ -60,8 +51,21 @@ def test_flipped_bytes_are_a_dataset_error(tmp_path):
     # corrupt the middle of the observations payload (zip CRC catches it)
     data[400:420] = bytes(20)
     path.write_bytes(bytes(data))
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError) as raised:
         load_dataset(path)
+    assert raised.value.path == path
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_file_is_one_dataset_error(tmp_path, keep):
+    good = tmp_path / "good.npz"
+    save_dataset(make_dataset(), good)
+    data = good.read_bytes()
+    path = tmp_path / "d.npz"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DatasetError, match="corrupt or truncated.*delete it and collect again") as raised:
+        load_dataset(path)
+    assert raised.value.path == path and "\n" not in str(raised.value)
 
 
 def test_task_mismatch_and_missing_file(tmp_path):

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from plare_jax.labeling import LabelStore, label_key
+from plare_jax.labeling import LabelStore, LabelStoreError, label_key
 
 KEY_ARGS = dict(prompt_version="v1", model="m", task_text="open the drawer")
 
@@ -54,3 +54,44 @@ def test_store_get_many_handles_many_keys(tmp_path):
         assert len(got) == 1200 and got["k7"]["preference"] == 1
         out = tmp_path / "labels.jsonl"
         assert store.export_jsonl(out) == 1200
+
+
+def make_store(path, n=2000):
+    with LabelStore(path) as store:
+        store.put_many((f"k{i}", {"preference": i % 3 - 1, "stage1_text": "a description " * 10}) for i in range(n))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.7])
+def test_truncated_store_is_a_label_store_error_with_a_way_out(tmp_path, keep):
+    data = make_store(tmp_path / "good.sqlite")
+    broken = tmp_path / "labels.sqlite"
+    broken.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(LabelStoreError, match="corrupt") as raised:
+        LabelStore(broken)
+    message = str(raised.value)
+    assert raised.value.path == str(broken) and "Move" in message and "asked for again" in message
+    assert "\n" not in message  # one paragraph
+
+
+def test_foreign_files_are_label_store_errors(tmp_path):
+    not_sqlite = tmp_path / "notes.sqlite"
+    not_sqlite.write_text("these are not labels\n" * 200)
+    with pytest.raises(LabelStoreError, match="not a label store"):
+        LabelStore(not_sqlite)
+    other_schema = tmp_path / "other.sqlite"
+    with sqlite3.connect(other_schema) as conn:
+        conn.execute("CREATE TABLE labels (key TEXT PRIMARY KEY, value INTEGER)")
+    with pytest.raises(LabelStoreError, match="without the columns"):
+        LabelStore(other_schema)
+
+
+def test_damage_inside_a_row_is_a_label_store_error_when_read(tmp_path):
+    data = bytearray(make_store(tmp_path / "good.sqlite", n=50))
+    at = data.index(b"a description a description")
+    data[at : at + 4] = b"\xff\xfe\xff\xfe"  # invalid UTF-8 inside a stored text: pages stay well-formed
+    broken = tmp_path / "labels.sqlite"
+    broken.write_bytes(bytes(data))
+    with LabelStore(broken) as store:
+        with pytest.raises(LabelStoreError, match="corrupt"):
+            store.get_many(f"k{i}" for i in range(50))

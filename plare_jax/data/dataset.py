@@ -32,7 +32,15 @@ _ARRAY_FIELDS: dict[str, tuple[type, int]] = {
 
 
 class DatasetError(ValueError):
-    """A dataset that is malformed, corrupt, or not the one that was asked for."""
+    """A dataset that is malformed, corrupt, or not the one that was asked for.
+
+    Attributes:
+        path: the file concerned, when the error is about a file (None for in-memory arrays).
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,26 +165,32 @@ def load_dataset(path: str | os.PathLike, *, expect_task: str | None = None) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"no dataset file at {path}")
+        raise DatasetError(f"no dataset file at {path}", path)
     try:
         with np.load(path, allow_pickle=False) as z:
             contents = {key: z[key] for key in z.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise DatasetError(f"{path} is not a readable dataset file ({e}); delete it and collect again") from e
+        raise DatasetError(f"{path} is corrupt or truncated, not a readable dataset file ({e}); delete it and collect again", path) from e
     missing = sorted((set(_ARRAY_FIELDS) | {"card_json", "format_version"}) - set(contents))
     if missing:
-        raise DatasetError(f"{path} lacks {missing}; it was not written by save_dataset")
-    version = int(contents["format_version"])
+        raise DatasetError(f"{path} lacks {missing}; it was not written by save_dataset", path)
+    try:
+        version = int(contents["format_version"])
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path} has a corrupt format version ({e})", path) from e
     if version != FORMAT_VERSION:
-        raise DatasetError(f"{path} has format version {version}, this code reads {FORMAT_VERSION}; collect again")
+        raise DatasetError(f"{path} has format version {version}, this code reads {FORMAT_VERSION}", path)
     try:
         card = json.loads(contents["card_json"].tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path} has a corrupt dataset card ({e})") from e
-    ds = OfflineDataset(**{name: contents[name] for name in _ARRAY_FIELDS}, card=card)
+        raise DatasetError(f"{path} has a corrupt dataset card ({e})", path) from e
+    try:
+        ds = OfflineDataset(**{name: contents[name] for name in _ARRAY_FIELDS}, card=card)
+    except DatasetError as e:
+        raise DatasetError(f"{path} holds inconsistent arrays: {e}", path) from e
     if expect_task is not None and ds.task != expect_task:
-        raise DatasetError(f"{path} holds task {ds.task!r}, expected {expect_task!r}")
+        raise DatasetError(f"{path} holds task {ds.task!r}, expected {expect_task!r}", path)
     expected_steps = card.get("num_steps")
     if expected_steps is not None and expected_steps != ds.num_steps:
-        raise DatasetError(f"{path}: card says {expected_steps} steps, arrays hold {ds.num_steps}")
+        raise DatasetError(f"{path}: card says {expected_steps} steps, arrays hold {ds.num_steps}", path)
     return ds

@@ -230,6 +230,7 @@ def collect_dataset(
     cache_dir: str | os.PathLike,
     workers: int | None = None,
     progress: bool = True,
+    recollect: bool = False,
 ) -> OfflineDataset:
     """Collects (or loads from cache) the offline dataset described by `config`.
 
@@ -239,19 +240,25 @@ def collect_dataset(
         workers: processes ("spawn" context; safe when the parent has JAX loaded). None = one
             per CPU core; 1 = in this process.
         progress: show a tqdm bar over episodes.
+        recollect: collect again even when a cached file exists (it is replaced; the way out
+            of a corrupt or truncated cache file).
 
     Returns:
         The dataset; its card records the config, counts, success rate and return spread.
 
     Raises:
-        DatasetError: a cached file exists for this config but is corrupt or does not match.
+        DatasetError: a cached file exists for this config but is corrupt or does not match
+            (its `path` names the file; delete it or pass `recollect=True`).
     """
     key = config.cache_key()
     path = Path(cache_dir) / f"{config.task_id}-{key}.npz"
-    if path.exists():
-        ds = load_dataset(path, expect_task=config.task_id)
+    if path.exists() and not recollect:
+        try:
+            ds = load_dataset(path, expect_task=config.task_id)
+        except DatasetError as e:
+            raise DatasetError(f"the cached dataset cannot be used: {e}", path) from e
         if ds.card.get("config_hash") != key:
-            raise DatasetError(f"{path} was written for another config; delete it and collect again")
+            raise DatasetError(f"the cached dataset {path} was written for another config", path)
         return ds
 
     workers = min(workers or os.cpu_count() or 1, config.num_episodes)

@@ -8,14 +8,14 @@ from plare_jax.labeling.base import FIRST, SECOND, UNSURE, Labeler, LabelResult,
 from plare_jax.labeling.launcher import VLLMLaunchError, VLLMNotFoundError, launch_vllm, local_gpu_available
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_returns
-from plare_jax.labeling.store import LabelStore, label_key
+from plare_jax.labeling.store import LabelStore, LabelStoreError, label_key
 from plare_jax.labeling.vlm import VLMConfig, VLMEndpointError, VLMLabeler, check_endpoint, parse_choice, task_text
 
 __all__ = [
     "FIRST", "SECOND", "UNSURE", "Labeler", "LabelResult", "PairBatch", "preferences_to_targets",
     "ScriptedTeacher", "preferences_from_returns",
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "check_endpoint", "parse_choice", "task_text",
-    "LabelStore", "label_key",
+    "LabelStore", "LabelStoreError", "label_key",
     "launch_vllm", "local_gpu_available", "VLLMNotFoundError", "VLLMLaunchError",
     "labeling_report", "format_report",
 ]  # fmt: skip

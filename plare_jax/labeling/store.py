@@ -9,6 +9,7 @@ is committed as soon as it arrives, and `INSERT OR IGNORE` never duplicates one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,25 @@ RECORD_FIELDS = (
 )
 
 
+class LabelStoreError(RuntimeError):
+    """The label store file cannot be used: not a SQLite database, corrupt, or another schema.
+
+    Attributes:
+        path: the store file.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = os.fspath(path)
+
+
+def _recovery_hint(path: str) -> str:
+    return (
+        f"Move {path} aside (or delete it) and run again: labels missing from the store are asked for "
+        f"again. `sqlite3 {path} .recover` may save the labels it still holds."
+    )
+
+
 def label_key(image_a: bytes, image_b: bytes, *, prompt_version: str, model: str, task_text: str) -> str:
     """The content address of one labeling query.
 
@@ -76,6 +96,10 @@ class LabelStore:
 
     Args:
         path: SQLite file; parent folders are created.
+
+    Raises:
+        LabelStoreError: the file exists but is not a usable label store (not SQLite, corrupt
+            or truncated, or a table `labels` of another layout); the message says what to do.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -83,14 +107,58 @@ class LabelStore:
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:  # also its subclass OperationalError
+            self._conn.close()
+            if "locked" in str(e) or "busy" in str(e):
+                raise  # another process holds the file: not damage
+            raise LabelStoreError(
+                f"the label store {self.path} is corrupt or not a label store ({e}). {_recovery_hint(self.path)}",
+                self.path,
+            ) from e
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
         mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise RuntimeError(f"could not put label store {self.path} in WAL mode (got {mode!r}); use a local file system.")
         # NORMAL in WAL mode: a committed label survives a process crash (SIGKILL);
         # only an OS crash / power loss can lose the last commits, never corrupt the file.
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # A truncated or overwritten file can still open; quick_check reads every page
+        # (milliseconds for thousands of labels), so damage shows here, not mid-run.
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise LabelStoreError(
+                f"the label store {self.path} is corrupt ({'; '.join(problems)}). {_recovery_hint(self.path)}",
+                self.path,
+            )
         self._conn.execute(_SCHEMA)
         self._conn.commit()
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(labels)")}
+        missing = sorted({"key", *RECORD_FIELDS} - columns)
+        if missing:
+            raise LabelStoreError(
+                f"{self.path} has a table `labels` without the columns {missing}: it is not a plare-jax label "
+                "store. Pass another path, or move the file aside.",
+                self.path,
+            )
+
+    @contextlib.contextmanager
+    def _damage_is_a_store_error(self):
+        # Damage inside a page (e.g. a flipped byte in a stored text) passes quick_check
+        # and shows only when that row is read.
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise LabelStoreError(
+                f"the label store {self.path} is corrupt ({e}). {_recovery_hint(self.path)}", self.path
+            ) from e
 
     @property
     def journal_mode(self) -> str:
@@ -105,9 +173,10 @@ class LabelStore:
         cols = ", ".join(RECORD_FIELDS)
         for i in range(0, len(keys), chunk):
             part = keys[i : i + chunk]
-            rows = self._conn.execute(
-                f"SELECT key, {cols} FROM labels WHERE key IN ({', '.join('?' * len(part))})", part
-            ).fetchall()
+            with self._damage_is_a_store_error():
+                rows = self._conn.execute(
+                    f"SELECT key, {cols} FROM labels WHERE key IN ({', '.join('?' * len(part))})", part
+                ).fetchall()
             for row in rows:
                 found[row[0]] = dict(zip(RECORD_FIELDS, row[1:]))
         return found
@@ -145,7 +214,8 @@ class LabelStore:
             return self._conn.total_changes - before
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        with self._damage_is_a_store_error():
+            return self._conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
     def export_jsonl(self, path: str | os.PathLike) -> int:
         """Writes every stored label as one JSON object per line; returns the count."""
