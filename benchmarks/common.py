@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -18,10 +19,15 @@ import pathlib
 import platform
 import resource
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
+    "CpuSample",
+    "cpu_sample",
+    "cpu_share",
+    "wait_until_quiet",
     "peak_rss_mib",
     "jax_device_memory",
     "run_isolated",
@@ -47,6 +53,75 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU time of the whole machine and of this process, at one instant.
+
+    Attributes:
+        wall: time.perf_counter() at the sample.
+        machine_busy_s: CPU seconds all CPUs spent busy since boot (user, nice, system, irq,
+            softirq, and steal: time a VM neighbour took), from /proc/stat; None without /proc.
+        machine_total_s: the same plus idle and iowait (CPUs x wall since boot).
+        own_s: CPU seconds of this process, all threads (user + system).
+    """
+
+    wall: float
+    machine_busy_s: float | None
+    machine_total_s: float | None
+    own_s: float
+
+
+def cpu_sample() -> CpuSample:
+    """The CPU counters now (see `CpuSample`); `cpu_share` turns two of them into shares."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    busy = total = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is already inside user)
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (user + nice + system + irq + softirq + steal) / hz
+        total = busy + (idle + iowait) / hz
+    return CpuSample(time.perf_counter(), busy, total, usage.ru_utime + usage.ru_stime)
+
+
+def cpu_share(before: CpuSample, after: CpuSample) -> dict[str, float | None]:
+    """What the machine's CPUs did between two samples.
+
+    Returns:
+        others_cpu_share: fraction of all CPUs' time used by everything except this process
+            (other processes, the kernel, VM steal): 0 on a quiet machine, 0.5 when other work
+            kept one of two cores busy. None without /proc/stat.
+        own_cores: CPU seconds of this process per wall second (2.0 = two cores busy).
+        load_avg_1m: the 1-minute load average at the end.
+    """
+    wall = max(after.wall - before.wall, 1e-9)
+    own = after.own_s - before.own_s
+    others = None
+    if before.machine_busy_s is not None and after.machine_busy_s is not None:
+        total = max(after.machine_total_s - before.machine_total_s, 1e-9)
+        # /proc/stat ticks at 100 Hz: clamp the rounding of short windows into [0, 1].
+        others = min(1.0, max(0.0, (after.machine_busy_s - before.machine_busy_s - own) / total))
+    return {"others_cpu_share": others, "own_cores": own / wall, "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def wait_until_quiet(threshold: float, timeout_s: float, window_s: float = 3.0) -> dict[str, float | None]:
+    """Waits until other processes use at most `threshold` of the CPUs over `window_s`, or `timeout_s` passed.
+
+    Returns the last window's `cpu_share` plus "waited_s" and "quiet" (whether the threshold was met).
+    """
+    start = time.perf_counter()
+    while True:
+        before = cpu_sample()
+        time.sleep(window_s)
+        share = cpu_share(before, cpu_sample())
+        waited = time.perf_counter() - start
+        quiet = share["others_cpu_share"] is not None and share["others_cpu_share"] <= threshold
+        if quiet or waited >= timeout_s or share["others_cpu_share"] is None:
+            return {**share, "waited_s": waited, "quiet": quiet}
 
 
 def jax_device_memory() -> dict[str, float] | None:

@@ -1,6 +1,6 @@
 """Measures collection speed, success rate and return spread of the offline data per task.
 
-Usage: PYTHONPATH=. python benchmarks/data_report.py [--episodes 100] [--horizon 250] [--workers 2]
+Usage: python benchmarks/data_report.py [--episodes 100] [--horizon 250] [--workers 2]
 Collects into a temporary cache (so the timing is a real collection), prints one line per task,
 with how often return labels agree with progress labels on random 64-step segment pairs.
 """

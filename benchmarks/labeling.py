@@ -10,9 +10,9 @@ Rows, each measured in its own process (peak host memory per row):
   of the two-stage query with the synchronous client (no asyncio); ideal 1 / (2 L).
 - `vlm-endpoint`: with `--base-url`, pairs/s against a real server (e.g. `vllm serve`).
 
-    PYTHONPATH=. python benchmarks/labeling.py                  # full run, ~1-2 min on 2 cores
-    PYTHONPATH=. python benchmarks/labeling.py --tiny           # seconds (tests, CI)
-    PYTHONPATH=. python benchmarks/labeling.py --parts vlm --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-VL-7B-Instruct
+    python benchmarks/labeling.py                  # full run, ~3 min on 2 cores
+    python benchmarks/labeling.py --tiny           # seconds (tests, CI)
+    python benchmarks/labeling.py --parts vlm --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-VL-7B-Instruct
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ import sys
 import time
 import urllib.request
 from typing import Literal
+
+if __package__ in (None, ""):  # run as `python benchmarks/labeling.py`: make `benchmarks` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import tyro

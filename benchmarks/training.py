@@ -19,31 +19,46 @@ Rows, each in its own process (peak host memory per row):
 Achieved FLOP/s = 6 x params x rows x steps/s (forward 2 + backward 4 flops per
 parameter per row; rows = pairs x 2 segments x T steps).
 
-    PYTHONPATH=. python benchmarks/training.py                 # full run, ~3 min on 2 cores
-    PYTHONPATH=. python benchmarks/training.py --tiny          # seconds (tests, CI)
-    PYTHONPATH=. python benchmarks/training.py --presets reference --impls jax --devices \
+Quiet machine: every timed row reads /proc/stat and its own CPU time before and after
+its timed block and reports "others' CPU", the share of all CPUs that other processes
+(and VM steal) used meanwhile; rows above `--quiet-threshold` are marked busy. Under
+contention PyTorch's OpenMP threads lose more than XLA's, so ratios from busy rows
+overstate the lead. `--wait-quiet-s` waits (up to that long) for a quiet window before
+each row.
+
+    python benchmarks/training.py                 # full run, ~5 min on 2 cores
+    python benchmarks/training.py --tiny          # seconds (tests, CI)
+    python benchmarks/training.py --presets reference --devices --no-mask-rows --repeats 3 --wait-quiet-s 300
+    python benchmarks/training.py --presets reference --impls jax --devices \
         --dropout-prng threefry2x32 rbg none --dropout-mask packed bernoulli     # where the step time goes
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import pathlib
 import sys
 import time
 from typing import Literal
+
+if __package__ in (None, ""):  # run as `python benchmarks/training.py`: make `benchmarks` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import tyro
 from tqdm.auto import tqdm
 
 from benchmarks.common import (
+    cpu_sample,
+    cpu_share,
     default_out,
     jax_device_memory,
     machine_info,
     markdown_table,
     peak_rss_mib,
     run_isolated,
+    wait_until_quiet,
     write_json,
 )
 
@@ -111,24 +126,50 @@ class TrainingBenchConfig:
     """Configuration of the scaling rows."""
     mask_rows: bool = True
     """Also time one dropout mask of the first preset's hidden layer per PRNG method (where the step time goes)."""
-    seconds: float = 10.0
-    """Minimum timed seconds per row (after the compile / warm-up call)."""
+    seconds: float | None = None
+    """Minimum timed seconds per row, after the compile / warm-up call (default 10; 0.2 with --tiny)."""
     repeats: int = 1
     """Run every row this many times, interleaved; the table shows the median."""
     matmul_size: int = 2048
     """Side of the square float32 matmul that measures the peak."""
     tiny: bool = False
-    """Tiny sizes (32-wide MLP, 8 pairs x 16 steps, 256^2 matmul, 1-2 devices): a smoke run in seconds."""
+    """Tiny sizes (32-wide MLP, 8 pairs x 16 steps, 256^2 matmul; the first preset only, since both shrink to the
+    same shapes; at most 2 devices; 0.2 s per row; rows in this process except the 2-device one): a smoke run in seconds."""
+    torch_threads: int | None = None
+    """PyTorch intra-op threads of the baseline; None: torch's default (one per physical core), which is
+    what a training script that does not set it (the CPL reference) gets."""
+    quiet_threshold: float = 0.05
+    """A timed row is marked busy when other processes used more than this share of all CPUs meanwhile."""
+    wait_quiet_s: float = 0.0
+    """Before each row, wait up to this many seconds for a 3 s window below --quiet-threshold (0: do not wait)."""
     out: pathlib.Path | None = None
     """JSON output path (default benchmarks/out/training.json)."""
     seed: int = 0
     """Seed of the synthetic data, parameters and minibatches."""
 
     def __post_init__(self):
-        if self.seconds <= 0 or self.repeats < 1:
-            raise ValueError("seconds must be > 0 and repeats >= 1")
+        if (self.seconds is not None and self.seconds <= 0) or self.repeats < 1:
+            raise ValueError("--seconds must be > 0 and --repeats >= 1")
         if any(d < 1 for d in self.devices):
             raise ValueError(f"device counts must be >= 1, got {self.devices}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"--torch-threads must be >= 1, got {self.torch_threads}")
+        if not 0 <= self.quiet_threshold <= 1 or self.wait_quiet_s < 0:
+            raise ValueError("--quiet-threshold must be in [0, 1] and --wait-quiet-s >= 0")
+
+    @property
+    def row_seconds(self) -> float:
+        if self.seconds is not None:
+            return self.seconds
+        return 0.2 if self.tiny else 10.0
+
+    @property
+    def run_presets(self) -> tuple[str, ...]:
+        return self.presets[:1] if self.tiny else self.presets
+
+    @property
+    def scaling_devices(self) -> tuple[int, ...]:
+        return tuple(d for d in self.devices if d <= 2) if self.tiny else self.devices
 
     @property
     def peak_size(self) -> int:
@@ -316,6 +357,7 @@ def jax_update_row(
     compile_s = time.perf_counter() - start
 
     steps, elapsed, ratios = 0, 0.0, []
+    cpu_before = cpu_sample()
     while True:
         # A peak sample right before each call: on a shared machine the load drifts, and
         # the ratio of neighbours in time is what stays comparable (median over calls).
@@ -331,6 +373,7 @@ def jax_update_row(
             ratios.append(w.flops_per_step * n / call_s / 1e9 / peak)
         if elapsed >= seconds and steps >= 2 * n:
             break
+    load = cpu_share(cpu_before, cpu_sample())
     if not np.isfinite(float(metrics["loss"][-1])):
         raise FloatingPointError(f"JAX update diverged on {w.name}")
     steps_per_s = steps / elapsed
@@ -339,15 +382,23 @@ def jax_update_row(
         "steps": steps, "wall_s": elapsed, "compile_s": compile_s, "steps_per_s": steps_per_s,
         "pairs_per_s": steps_per_s * w.batch_pairs, "gflops": w.flops_per_step * steps_per_s / 1e9,
         "of_peak_paired": float(np.median(ratios)) if ratios else None,
-        "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(),
+        "peak_rss_mib": peak_rss_mib(), "device_memory": jax_device_memory(), **load,
     }  # fmt: skip
 
 
-def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
-    """Times the PyTorch-eager baseline: host-sampled batch, one step and one `.item()` per Python call."""
+def torch_update_row(w: Workload, seconds: float, seed: int, threads: int | None = None) -> dict:
+    """Times the PyTorch-eager baseline: host-sampled batch, one step and one `.item()` per Python call.
+
+    `threads`: torch intra-op threads (None: torch's default). The row reports the share of
+    the timed wall spent drawing and copying the batch on the host ("host_sample_share").
+    """
+    import os
+
     import torch
     from torch import nn
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     layers, width = [], w.obs_dim
@@ -362,13 +413,16 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
     mask_all = np.ones(obs_all.shape[:3], np.float32)
     rng = np.random.default_rng(seed + 1)
     alpha, bias = 0.1, 0.5
+    sample_s = [0.0]
 
     def step() -> float:
+        start = time.perf_counter()
         idx = rng.integers(0, w.num_pairs, size=w.batch_pairs)
         obs = torch.from_numpy(obs_all[idx]).to(device)
         act = torch.from_numpy(act_all[idx]).to(device)
         mask = torch.from_numpy(mask_all[idx]).to(device)
         label = torch.from_numpy(labels_all[idx]).to(device)
+        sample_s[0] += time.perf_counter() - start
         mu = actor(obs.reshape(-1, w.obs_dim))
         logp = -((mu - act.reshape(-1, w.act_dim)) ** 2).sum(-1).reshape(w.batch_pairs, 2, w.seq_len)
         score = alpha * (logp * mask).sum(-1)  # [B, 2]
@@ -395,6 +449,8 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
     for _ in range(3):
         step()
     warmup_s = time.perf_counter() - start
+    sample_s[0] = 0.0
+    cpu_before = cpu_sample()
     steps, start = 0, time.perf_counter()
     while True:
         loss = step()
@@ -402,6 +458,7 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and steps >= 3:
             break
+    load = cpu_share(cpu_before, cpu_sample())
     if not np.isfinite(loss):
         raise FloatingPointError(f"torch baseline diverged on {w.name}")
     steps_per_s = steps / elapsed
@@ -414,26 +471,33 @@ def torch_update_row(w: Workload, seconds: float, seed: int) -> dict:
         "rows_per_step": w.rows_per_step, "steps": steps, "wall_s": elapsed, "compile_s": warmup_s,
         "steps_per_s": steps_per_s, "pairs_per_s": steps_per_s * w.batch_pairs,
         "gflops": w.flops_per_step * steps_per_s / 1e9, "peak_rss_mib": peak_rss_mib(), "device_memory": device_memory,
-        "torch_matmul_2048_gflops": 2.0 * 2048**3 / mm_best / 1e9,
+        "torch_matmul_2048_gflops": 2.0 * 2048**3 / mm_best / 1e9, "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "host_sample_share": sample_s[0] / elapsed, **load,
     }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- orchestration
 
 
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
-    """(row id, call, extra env) for every row of one repeat, in run order."""
+    """(row id, call, extra env) for every row of one repeat, in run order (no torch rows without torch)."""
     plan = []
     peak_n = cfg.peak_size
-    for preset in cfg.presets:
+    for preset in cfg.run_presets:
         w = cfg.workload(preset)
         for impl in cfg.impls:
             if impl == "torch":
-                plan.append((f"torch/{preset}", (torch_update_row, w, cfg.seconds, cfg.seed), None))
+                if torch_available():
+                    call = (torch_update_row, w, cfg.row_seconds, cfg.seed, cfg.torch_threads)
+                    plan.append((f"torch/{preset}", call, None))
             else:
                 for prng in cfg.dropout_prng:
                     for mask in cfg.dropout_mask if prng != "none" else ("default",):
-                        call = (jax_update_row, w, prng, None, cfg.seconds, cfg.seed, peak_n, mask)
+                        call = (jax_update_row, w, prng, None, cfg.row_seconds, cfg.seed, peak_n, mask)
                         plan.append((f"jax/{preset}/{prng}/{mask}", call, None))
         if "jax" in cfg.impls:
             plan.append((f"matmuls/{preset}", (matmul_bound_row, w), None))
@@ -441,9 +505,11 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
         w = cfg.workload(cfg.presets[0] if cfg.presets else "reference")
         plan.append(("masks", (dropout_mask_rows, w), None))
     w = cfg.workload(cfg.scaling_preset)
-    for n in cfg.devices:
+    for n in cfg.scaling_devices:
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        call = (jax_update_row, w, cfg.dropout_prng[0], n, cfg.seconds, cfg.seed, peak_n)
+        if cfg.tiny and n == 1:
+            env = None  # one device is what this process has: no process start in a smoke run
+        call = (jax_update_row, w, cfg.dropout_prng[0], n, cfg.row_seconds, cfg.seed, peak_n)
         plan.append((f"scaling/{n}", call, env))
     return plan
 
@@ -458,6 +524,8 @@ def _median_row(samples: list[dict]) -> dict:
     row = dict(ordered[(len(ordered) - 1) // 2])
     if len(samples) > 1:
         row[f"{metric}_samples"] = [s[metric] for s in valid]
+        if all(s.get("others_cpu_share") is not None for s in valid):
+            row["others_cpu_share_samples"] = [s["others_cpu_share"] for s in valid]
     return row
 
 
@@ -467,15 +535,24 @@ def run(cfg: TrainingBenchConfig) -> dict:
     plan = _plan(cfg)
     samples: dict[str, list[dict]] = {"peak/start": [], "peak/end": []}
     samples.update({row_id: [] for row_id, _, _ in plan})
+    waits = []
+
+    def run_row(fn, *args, env=None):
+        if cfg.wait_quiet_s > 0:
+            waits.append(wait_until_quiet(cfg.quiet_threshold, cfg.wait_quiet_s))
+        if cfg.tiny and env is None:
+            return fn(*args)  # tiny: no process start per row (the smoke run takes seconds)
+        return run_isolated(fn, *args, env=env)
+
     with tqdm(total=cfg.repeats * (len(plan) + 2), desc="training rows", unit="row", file=sys.stderr) as bar:
         for _ in range(cfg.repeats):  # interleaved: a disturbance hits every row of a repeat alike
-            samples["peak/start"].append(run_isolated(matmul_peak_row, peak_n))
+            samples["peak/start"].append(run_row(matmul_peak_row, peak_n))
             bar.update()
             for row_id, (fn, *args), env in plan:
                 bar.set_postfix_str(row_id)
-                samples[row_id].append(run_isolated(fn, *args, env=env))
+                samples[row_id].append(run_row(fn, *args, env=env))
                 bar.update()
-            samples["peak/end"].append(run_isolated(matmul_peak_row, peak_n))
+            samples["peak/end"].append(run_row(matmul_peak_row, peak_n))
             bar.update()
     # The mask rows come back as one list per repeat; regroup them by method.
     for per_repeat in samples.pop("masks", []):
@@ -483,18 +560,30 @@ def run(cfg: TrainingBenchConfig) -> dict:
             samples.setdefault(f"mask/{row['impl']}", []).append(row)
     rows = [_median_row(s) for s in samples.values()]
     peak = max(r["gflops"] for r in rows if r["kind"] == "peak")
-    _derive(rows, peak)
+    _derive(rows, peak, cfg.quiet_threshold)
+    notes = []
+    if "torch" in cfg.impls and not torch_available():
+        notes.append('torch is not installed: no PyTorch baseline rows (pip install -e ".[bench]" adds it)')
+    busy = [r for r in rows if r.get("busy")]
+    if busy:
+        notes.append(
+            f"{len(busy)} of {sum('others_cpu_share' in r for r in rows)} timed rows ran while other processes used "
+            f"more than {cfg.quiet_threshold:.0%} of the CPUs (column others' CPU): not quiet-machine figures; "
+            "PyTorch's threads lose more than XLA's under contention, so their ratios overstate the lead"
+        )
     return {
         "benchmark": "training",
         "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "notes": notes,
+        "quiet_waits": waits,
         "matmul_peak_gflops": peak,
         "machine": machine_info(extra_packages=("torch", "optax")),
         "rows": rows,
     }
 
 
-def _derive(rows: list[dict], peak: float) -> None:
-    """Adds utilisation (of the run's matmul peak), speed-up vs torch, scaling efficiency."""
+def _derive(rows: list[dict], peak: float, quiet_threshold: float = 0.05) -> None:
+    """Adds utilisation (of the run's matmul peak), speed-up vs torch, scaling efficiency, busy marks."""
     torch_by_preset = {r["preset"]: r for r in rows if r["impl"].startswith("torch") and "steps_per_s" in r}
     scaling_one = next((r for r in rows if r["kind"] == "scaling" and r.get("devices") == 1), None)
     for r in rows:
@@ -509,6 +598,10 @@ def _derive(rows: list[dict], peak: float) -> None:
                 r["vs_torch_per_repeat"] = [a / b for a, b in pairs]
         if r["kind"] == "scaling" and scaling_one and "steps_per_s" in r:
             r["vs_1_device"] = r["steps_per_s"] / scaling_one["steps_per_s"]
+        if r.get("others_cpu_share") is not None:
+            # the median row's share; the worst share over the repeats decides whether the ratio is quotable
+            shares = [r["others_cpu_share"], *r.get("others_cpu_share_samples", [])]
+            r["busy"] = max(shares) > quiet_threshold
 
 
 COLUMNS = [
@@ -516,7 +609,8 @@ COLUMNS = [
     ("steps_per_s", "steps/s"), ("pairs_per_s", "pairs/s"), ("gflops", "GFLOP/s"), ("of_peak", "of peak"),
     ("of_peak_paired", "of peak (paired)"),
     ("vs_torch", "vs torch"), ("vs_1_device", "vs 1 dev"), ("compile_s", "compile/warm-up s"),
-    ("peak_rss_mib", "peak RSS MiB"), ("device_peak_mib", "device peak MiB"),
+    ("peak_rss_mib", "peak RSS MiB"), ("device_peak_mib", "device peak MiB"), ("others_cpu_share", "others' CPU"),
+    ("busy_mark", "busy"),
 ]  # fmt: skip
 MASK_COLUMNS = [("impl", "dropout mask method"), ("preset", "config"), ("shape", "mask shape"), ("ms", "ms per mask")]
 
@@ -527,12 +621,16 @@ def main(cfg: TrainingBenchConfig) -> dict:
         r["device_peak_mib"] = (r.get("device_memory") or {}).get("peak_mib")
         if "skipped" in r:
             r["impl"] = f"{r['impl']} (skipped: {r['skipped']})"
+        if "busy" in r:
+            r["busy_mark"] = "BUSY" if r["busy"] else "quiet"
     path = write_json(cfg.out or default_out("training"), payload)
     print(markdown_table([r for r in payload["rows"] if r["kind"] != "mask"], COLUMNS))
     masks = [r for r in payload["rows"] if r["kind"] == "mask"]
     if masks:
         print("\n" + markdown_table(masks, MASK_COLUMNS))
     print(f"\nmatmul peak {payload['matmul_peak_gflops']:.1f} GFLOP/s; JSON: {path}")
+    for note in payload["notes"]:
+        print(f"note: {note}")
     return payload
 
 

@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,6 +28,8 @@ def _has(module: str) -> bool:
 
 
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # As a user runs them: no PYTHONPATH needed for `benchmarks` (the scripts find it themselves);
+    # PYTHONPATH is kept only so that this checkout's plare_jax is the one imported.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
@@ -64,11 +67,15 @@ def test_training_benchmark_tiny(tmp_path):
     assert set(updates) == ({"jax", "torch-eager"} if "torch" in impls else {"jax"})
     for r in updates.values():
         assert r["preset"] == "cpu" and r["steps_per_s"] > 0 and r["peak_rss_mib"] > 0
+        # the quiet-machine check ran around the timed block
+        assert 0 <= r["others_cpu_share"] <= 1 and r["own_cores"] > 0
+        assert r["busy"] == (r["others_cpu_share"] > payload["config"]["quiet_threshold"])
         assert r["pairs_per_s"] == pytest.approx(r["steps_per_s"] * 8)  # tiny: 8 pairs per step
         assert r["of_peak"] == pytest.approx(r["gflops"] / payload["matmul_peak_gflops"])
     if "torch" in impls:
         jax_row, torch_row = updates["jax"], updates["torch-eager"]
         assert jax_row["vs_torch"] == pytest.approx(jax_row["steps_per_s"] / torch_row["steps_per_s"])
+        assert torch_row["torch_threads"] >= 1 and 0 < torch_row["host_sample_share"] < 1
 
     bound = [r for r in rows if r["kind"] == "matmuls"]
     assert len(bound) == 1 and bound[0]["gflops"] > 0  # the matmuls-only ceiling of the cpu preset
@@ -114,3 +121,36 @@ def test_labeling_benchmark_tiny(tmp_path):
         assert r["of_ideal"] <= 1.0 + 1e-6
     assert concurrent[-1]["server_peak_rss_mib"] > 0
     assert "keyframes/s" in proc.stdout and "pairs/s" in proc.stdout
+
+
+def test_training_benchmark_without_torch_skips_its_rows_with_a_note(monkeypatch, tmp_path, capsys):
+    from benchmarks import training
+
+    monkeypatch.setattr(training, "torch_available", lambda: False)
+    cfg = training.TrainingBenchConfig(
+        tiny=True, presets=("cpu",), impls=("jax", "torch"), devices=(), mask_rows=False, seconds=0.05,
+        out=tmp_path / "t.json",
+    )  # fmt: skip
+    assert [row_id for row_id, _, _ in training._plan(cfg)] == ["jax/cpu/default/default", "matmuls/cpu"]
+    payload = training.main(cfg)
+    assert {r["impl"] for r in payload["rows"] if r["kind"] == "update"} == {"jax"}
+    assert any("torch is not installed" in note for note in payload["notes"])
+    assert "torch is not installed" in capsys.readouterr().out
+
+
+def test_cpu_share_sees_another_busy_process():
+    """The quiet-machine check: a busy child process shows up as others' CPU share."""
+    from benchmarks.common import cpu_sample, cpu_share
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        before = cpu_sample()
+        time.sleep(1.5)
+        share = cpu_share(before, cpu_sample())
+    finally:
+        burner.kill()
+        burner.wait()
+    # one spinning process is at least a core's worth of one CPU... of however many CPUs there are
+    assert share["others_cpu_share"] >= 0.5 / (os.cpu_count() or 1), share
+    assert share["own_cores"] < 0.2, share
