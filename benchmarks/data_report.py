@@ -20,8 +20,9 @@ from plare_jax.labeling.scripted import preferences_from_returns
 PAPER_TASKS = ("sweep-into", "drawer-open", "door-open", "plate-slide")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of this script (argv: None = the command line)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS), help="MetaWorld v3 tasks")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task")
     parser.add_argument("--horizon", type=int, default=250, help="steps per episode")
@@ -31,7 +32,14 @@ def main() -> None:
     parser.add_argument("--decoy-prob", type=float, default=None, help="override the per-task default")
     parser.add_argument("--pairs", type=int, default=2000,
                         help="random 64-step segment pairs on which return and progress labels are compared")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.horizon < 64 or args.workers < 1 or args.pairs < 1:
+        parser.error("--episodes, --workers and --pairs must be >= 1, --horizon >= 64 (one segment)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     print("task          eps  steps/s  success  ret min / q25 / median / q75 / max  stretch decoy  return~progress")
     with tempfile.TemporaryDirectory() as cache:
         for task in args.tasks:

@@ -452,5 +452,10 @@ def main(cfg: LabelingBenchConfig) -> dict:
     return payload
 
 
+def parse_args(argv: list[str] | None = None) -> LabelingBenchConfig:
+    """The options of this script (argv: None = the command line)."""
+    return tyro.cli(LabelingBenchConfig, args=argv)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(LabelingBenchConfig))
+    main(parse_args())

@@ -634,5 +634,10 @@ def main(cfg: TrainingBenchConfig) -> dict:
     return payload
 
 
+def parse_args(argv: list[str] | None = None) -> TrainingBenchConfig:
+    """The options of this script (argv: None = the command line)."""
+    return tyro.cli(TrainingBenchConfig, args=argv)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(TrainingBenchConfig))
+    main(parse_args())
