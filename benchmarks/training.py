@@ -135,9 +135,10 @@ class TrainingBenchConfig:
     tiny: bool = False
     """Tiny sizes (32-wide MLP, 8 pairs x 16 steps, 256^2 matmul; the first preset only, since both shrink to the
     same shapes; at most 2 devices; 0.2 s per row; rows in this process except the 2-device one): a smoke run in seconds."""
-    torch_threads: int | None = None
-    """PyTorch intra-op threads of the baseline; None: torch's default (one per physical core), which is
-    what a training script that does not set it (the CPL reference) gets."""
+    torch_threads: tuple[int, ...] = ()
+    """PyTorch intra-op thread counts of the baseline, one torch row each (the first is the baseline of
+    "vs torch"); empty: one row with torch's default (one per physical core), which is what a training
+    script that does not set it (the CPL reference) gets."""
     quiet_threshold: float = 0.05
     """A timed row is marked busy when other processes used more than this share of all CPUs meanwhile."""
     wait_quiet_s: float = 0.0
@@ -152,7 +153,7 @@ class TrainingBenchConfig:
             raise ValueError("--seconds must be > 0 and --repeats >= 1")
         if any(d < 1 for d in self.devices):
             raise ValueError(f"device counts must be >= 1, got {self.devices}")
-        if self.torch_threads is not None and self.torch_threads < 1:
+        if any(n < 1 for n in self.torch_threads):
             raise ValueError(f"--torch-threads must be >= 1, got {self.torch_threads}")
         if not 0 <= self.quiet_threshold <= 1 or self.wait_quiet_s < 0:
             raise ValueError("--quiet-threshold must be in [0, 1] and --wait-quiet-s >= 0")
@@ -492,8 +493,9 @@ def _plan(cfg: TrainingBenchConfig) -> list[tuple[str, tuple, dict | None]]:
         for impl in cfg.impls:
             if impl == "torch":
                 if torch_available():
-                    call = (torch_update_row, w, cfg.row_seconds, cfg.seed, cfg.torch_threads)
-                    plan.append((f"torch/{preset}", call, None))
+                    for threads in cfg.torch_threads or (None,):
+                        call = (torch_update_row, w, cfg.row_seconds, cfg.seed, threads)
+                        plan.append((f"torch/{preset}/{threads or 'default'}", call, None))
             else:
                 for prng in cfg.dropout_prng:
                     for mask in cfg.dropout_mask if prng != "none" else ("default",):
@@ -584,7 +586,10 @@ def run(cfg: TrainingBenchConfig) -> dict:
 
 def _derive(rows: list[dict], peak: float, quiet_threshold: float = 0.05) -> None:
     """Adds utilisation (of the run's matmul peak), speed-up vs torch, scaling efficiency, busy marks."""
-    torch_by_preset = {r["preset"]: r for r in rows if r["impl"].startswith("torch") and "steps_per_s" in r}
+    torch_by_preset = {}
+    for r in rows:  # the first torch row of each preset is the baseline
+        if r["impl"].startswith("torch") and "steps_per_s" in r:
+            torch_by_preset.setdefault(r["preset"], r)
     scaling_one = next((r for r in rows if r["kind"] == "scaling" and r.get("devices") == 1), None)
     for r in rows:
         if "gflops" in r and r["kind"] != "peak":

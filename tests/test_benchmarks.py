@@ -154,3 +154,14 @@ def test_cpu_share_sees_another_busy_process():
     # one spinning process is at least a core's worth of one CPU... of however many CPUs there are
     assert share["others_cpu_share"] >= 0.5 / (os.cpu_count() or 1), share
     assert share["own_cores"] < 0.2, share
+
+
+def test_peak_memory_counts_the_whole_process_tree(tmp_path):
+    out = tmp_path / "memory.json"
+    run_script("peak_memory.py", "--tiny", "--out", str(out), timeout=120)
+    result = json.loads(out.read_text())
+    assert result["exit_code"] == 0 and result["peak_processes"] >= 3  # the child and its 2 workers
+    # 3 x 100 MiB held at once; the main process alone holds ~100 of them
+    assert result["peak_tree_pss_mib"] >= 290, result
+    assert result["peak_tree_rss_sum_mib"] >= result["peak_tree_pss_mib"] * 0.99
+    assert 100 <= result["main_process_peak_mib"] < 200, result
