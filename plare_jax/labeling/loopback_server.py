@@ -35,6 +35,7 @@ import io
 import json
 import re
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,6 +257,10 @@ class _Server(ThreadingHTTPServer):
         self.counts = {"requests": 0, "stage1": 0, "stage2": 0, "errors": 0, "hung": 0}
         self.faults: dict[str, int] = {}
         self.last_stage1_parts: list[tuple[str, str]] = []
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up is no error of the fake
+            super().handle_error(request, client_address)
 
     def count(self, name: str) -> None:
         with self.lock:
