@@ -103,7 +103,7 @@ def test_scripted_pipeline_end_to_end_and_never_overwrites(tmp_path):
     task = results["tasks"]["reach-v3"]
     assert set(task["methods"]) == {"plare", "bc"}
     for method in task["methods"].values():
-        assert method["num_seeds"] == 2 and 0.0 <= method["success_mean"] <= 1.0
+        assert method["success"]["num_runs"] == 2 and 0.0 <= method["success"]["mean"] <= 1.0
     assert task["labels"]["accuracy"] == pytest.approx(1.0)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert "jax" in provenance["packages"]
@@ -193,7 +193,9 @@ def test_label_stats_of_chunks_merge_into_one_report():
              "latency_p50_s": 0.2, "concurrency": 32, "pairs_per_s": 4.0}
     second = {"labeler": "vlm", "pairs": 5, "queried_pairs": 5, "requests": 10, "wall_s": 1.0,
               "latency_p50_s": 0.3, "concurrency": 32, "pairs_per_s": 5.0}
-    merged = module._merge_stats([first, second])
+    from plare_jax.pipeline.labels import merge_stats
+
+    merged = merge_stats([first, second])
     assert (merged["pairs"], merged["queried_pairs"], merged["requests"]) == (15, 13, 26)
     assert merged["concurrency"] == 32 and merged["latency_p50_s"] == 0.3
     assert merged["pairs_per_s"] == pytest.approx(13 / 3.0)
