@@ -31,6 +31,7 @@ import tyro  # noqa: E402
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
+from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
 from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
 from plare_jax import runs  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
@@ -76,7 +77,7 @@ def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         run(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError,
+    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
             vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

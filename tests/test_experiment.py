@@ -158,6 +158,10 @@ def test_vlm_pipeline_against_loopback_server(tmp_path):
     assert labels["pairs"] == 24
     assert 0.0 <= labels["accuracy"] <= 1.0
     assert (tmp_path / "cache" / "labels.sqlite").exists()
+    # CPL trains on the confident labels only: the results say how many there were
+    confident = sum(labels["confusion"][row][col] for row in ("first", "second") for col in ("first", "second", "unsure"))
+    assert labels["trained_pairs"] == confident and labels["coverage"]["unlabeled"] == 0
+    assert "| pairs trained on |" in (tmp_path / "runs" / "vlm" / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -75,6 +75,9 @@ class ExperimentConfig:
     scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
     unsure: Literal["drop", "tie"] = "drop"
     """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
+    max_unlabeled_fraction: float = 0.1
+    """Stop before training if more than this share of a task's pairs got no VLM label (failed or
+    malformed answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
 
     # Offline data and pairs.
     num_episodes: int = 120
@@ -204,6 +207,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
+    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
+        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
