@@ -50,7 +50,8 @@ def test_every_pair_unlabelled_stops_before_training(tmp_path):
     assert "--max-unlabeled-fraction" in proc.stderr
     assert stage2 == 24 * 2  # each pair asked, re-asked once, then given up
     run_dir = tmp_path / "runs" / "r"
-    assert not (run_dir / "reach-v3" / "seed0").exists() and not (run_dir / "results.json").exists()  # no training
+    assert run_dir.is_dir() and list(run_dir.rglob("data_and_labels.json")) == []  # stopped right after labeling
+    assert list(run_dir.rglob("metrics.jsonl")) == [] and not (run_dir / "results.json").exists()  # no training
     with sqlite3.connect(tmp_path / "cache" / "labels.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0  # a re-run asks again
 

@@ -84,8 +84,10 @@ class ExperimentConfig:
     """Episodes of mixed-quality data to collect per task."""
     collection_horizon: int = 250
     """Steps per collected episode."""
-    data_seed: int = 0
-    """Seed of the offline data and of the pair sampling (shared by all training seeds)."""
+    data_seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--data-seed",))] = (0,)
+    """Seeds of the offline data and of the pair sampling and labels (each shared by all training
+    seeds). Develop on data seed 0; report on data seeds development never looked at, e.g.
+    `--data-seeds 1 2 --seeds 0 1 2` (6 runs per task and method)."""
     num_pairs: int = 2000
     """Labelled segment pairs per task."""
     segment_length: int = 64
@@ -156,6 +158,11 @@ class ExperimentConfig:
         return self.bc_steps + self.cpl_steps
 
     @property
+    def runs_per_cell(self) -> int:
+        """Independent runs behind each (task, method) result."""
+        return len(self.data_seeds) * len(self.seeds)
+
+    @property
     def tasks(self) -> tuple[str, ...]:
         return tuple(resolve_task(name) for name in self.env)
 
@@ -190,6 +197,14 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--env needs at least one task")
     if not config.seeds:
         raise ConfigError("--seeds needs at least one seed")
+    if not config.data_seeds:
+        raise ConfigError("--data-seeds needs at least one seed")
+    for name in ("seeds", "data_seeds"):
+        values = getattr(config, name)
+        if any(v < 0 for v in values):
+            raise ConfigError(f"--{name.replace('_', '-')} must be non-negative integers, got {list(values)}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--{name.replace('_', '-')} lists a seed twice: {list(values)}")
     if not config.method:
         raise ConfigError("--method needs at least one method")
     unknown = [m for m in config.method if m not in METHODS]
@@ -217,11 +232,13 @@ def config_from_dict(values: dict) -> ExperimentConfig:
     defaults = ExperimentConfig()
     kwargs = {}
     for name, value in values.items():
-        if name not in fields:
+        if name not in fields and name != "data_seed":
             continue
         default = getattr(defaults, name)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = _nested_from_dict(type(default), value)
+        elif name == "data_seed":  # run dirs written before --data-seeds existed
+            name, value = "data_seeds", (value,)
         elif isinstance(value, list):
             value = tuple(value)
         elif name in ("out_dir", "cache_dir", "resume") and value is not None:

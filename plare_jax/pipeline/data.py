@@ -64,29 +64,29 @@ def training_data(dataset: OfflineDataset, pairs: SegmentPairs, preferences: np.
     )
 
 
-def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, base_url: str | None,
-                 task_dir: pathlib.Path) -> TaskData:
-    """Dataset -> pairs -> labels for one task; cached stages load in seconds."""
+def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, data_seed: int,
+                 base_url: str | None, data_dir: pathlib.Path) -> TaskData:
+    """Dataset -> pairs -> labels for one task and data seed; cached stages load in seconds."""
     timings = {}
     t0 = time.perf_counter()
     dataset = collect_dataset(
         CollectionConfig(task=task, num_episodes=config.num_episodes,
-                         horizon=config.collection_horizon, seed=config.data_seed,
+                         horizon=config.collection_horizon, seed=data_seed,
                          stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
         cache_dir=config.cache_dir / "datasets", workers=config.workers)
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
-                                 rng=np.random.default_rng(config.data_seed))
+                                 rng=np.random.default_rng(data_seed))
     preferences, stats = label_pairs(config, choice, task, dataset, pairs, base_url,
-                                     config.cache_dir / "labels.sqlite")
+                                     config.cache_dir / "labels.sqlite", data_seed=data_seed)
     timings["labels_s"] = time.perf_counter() - t0
 
     oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
                                      progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
-    print(f"[{task}] labels ({choice.kind}):\n{format_report(report)}")
+    print(f"[{task} data seed {data_seed}] labels ({choice.kind}):\n{format_report(report)}")
     # Missing labels are weight 0: past the limit, "plare" would be little more than BC. Stop here,
     # before any training, rather than report it (LabelCoverageError says what to do).
     report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
@@ -95,6 +95,7 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, bas
     training = training_data(dataset, pairs, preferences, unsure=config.unsure,
                              episode_scores=dataset.episode_returns)
     report["trained_pairs"] = training.num_trained_pairs
-    summary = {"dataset": dataset.card, "labels": report, "timings": timings}
-    write_json_atomic(task_dir / "data_and_labels.json", summary)
+    summary = {"data_seed": data_seed, "dataset": dataset.card, "labels": report, "timings": timings}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(data_dir / "data_and_labels.json", summary)
     return TaskData(task, training, summary)

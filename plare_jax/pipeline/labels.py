@@ -73,12 +73,12 @@ def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
 
 
 def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, dataset, pairs: SegmentPairs,
-                base_url: str | None, label_store_path) -> tuple[np.ndarray, dict]:
+                base_url: str | None, label_store_path, *, data_seed: int) -> tuple[np.ndarray, dict]:
     """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics."""
     goal_text = task_text(task, config.vlm.task_text)
     if choice.kind == "scripted":
         teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
-                                  mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
+                                  mistake_rate=config.teacher_mistake_rate, seed=data_seed)
         result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
                                progress=False)
         return result.preferences, result.stats

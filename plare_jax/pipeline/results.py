@@ -34,29 +34,68 @@ def run_statistics(values) -> dict:
             "per_run": values.tolist()}
 
 
+def run_keys(config: ExperimentConfig) -> list[tuple[int, int]]:
+    """(data seed, training seed) of every run behind one (task, method) cell, in order."""
+    return [(d, s) for d in config.data_seeds for s in config.seeds]
+
+
 def summarize(config: ExperimentConfig, labeler_kind: str, labeler_reason: str, task_summaries: dict,
               seed_results: dict) -> dict:
+    """results.json: per task and method, the statistics over every finished run.
+
+    `task_summaries[task][data_seed]`: the data stage's summary; `seed_results[task][(data_seed,
+    seed)]`: one run's per-method results.
+    """
     tasks = {}
     for task in config.tasks:
+        finished = [k for k in run_keys(config) if k in seed_results.get(task, {})]
         methods = {}
         for name in config.method:
-            per_seed = [seed_results[task][s]["methods"][name] for s in config.seeds
-                        if s in seed_results.get(task, {})]
-            if not per_seed:
+            if not finished:
                 continue
+            per_run = [seed_results[task][k]["methods"][name] for k in finished]
             method = get_method(name)
-            stats = run_statistics([r["success_rate"] for r in per_seed])
-            extras = {k: v for k, v in per_seed[0].items()
-                      if k not in ("success_rate", "mean_return", "step", "video")}
-            methods[name] = {"success": stats, "description": method.description,
-                             "oracle": method.oracle, "seeds": [s for s in config.seeds
-                                                                if s in seed_results.get(task, {})],
-                             "reports": [{k: r.get(k) for k in extras} for r in per_seed]}
-        tasks[task] = {"methods": methods, **task_summaries.get(task, {}),
-                       "training_timings": {s: r["timings"] for s, r in seed_results.get(task, {}).items()}}
+            methods[name] = {
+                "success": run_statistics([r["success_rate"] for r in per_run]),
+                "description": method.description, "oracle": method.oracle,
+                "runs": [{"data_seed": d, "seed": s, **r} for (d, s), r in zip(finished, per_run)],
+            }
+        data = task_summaries.get(task, {})
+        tasks[task] = {
+            "methods": methods,
+            "comparisons": compare_to(methods, "plare"),
+            "data": {str(d): summary for d, summary in data.items()},
+            "trained_pairs": [summary["labels"].get("trained_pairs") for summary in data.values()],
+            "label_accuracy": [summary["labels"].get("accuracy") for summary in data.values()],
+            "training_timings": {f"data{d}-seed{s}": seed_results[task][d, s]["timings"]
+                                 for d, s in finished},
+        }
     return {"labeler": labeler_kind, "labeler_reason": labeler_reason, "teacher": config.teacher,
-            "preset": config.preset, "data_seed": config.data_seed, "unsure": config.unsure,
-            "seeds": list(config.seeds), "tasks": tasks}
+            "teacher_mistake_rate": config.teacher_mistake_rate, "preset": config.preset,
+            "data_seeds": list(config.data_seeds), "seeds": list(config.seeds),
+            "unsure": config.unsure, "tasks": tasks}
+
+
+def compare_to(methods: dict, reference: str) -> dict:
+    """Each other method against `reference`: better/worse only where the 95% intervals separate."""
+    if reference not in methods:
+        return {}
+    ref = methods[reference]["success"]
+    out = {}
+    for name, m in methods.items():
+        if name == reference:
+            continue
+        s = m["success"]
+        if math.isnan(ref["ci95_low"]) or math.isnan(s["ci95_low"]):
+            verdict = "too few runs"
+        elif ref["ci95_low"] > s["ci95_high"]:
+            verdict = f"{reference} better"
+        elif ref["ci95_high"] < s["ci95_low"]:
+            verdict = f"{reference} worse"
+        else:
+            verdict = "intervals overlap"
+        out[name] = verdict
+    return out
 
 
 def format_table(results: dict) -> str:
@@ -64,20 +103,22 @@ def format_table(results: dict) -> str:
     labels_from_teacher = results["labeler"] == "scripted"
     lines = [
         "Final success rate: share of evaluation episodes that were ever successful within the "
-        "horizon, mean ± sample std (ddof=1) over runs, with a 95% t-interval of the mean. "
-        "bc is the baseline that ignores the labels; rows marked (oracle) read simulator returns.",
+        "horizon; mean ± sample std (ddof=1) over runs (data seeds x training seeds) and a 95% "
+        "t-interval of the mean. bc ignores the labels (the baseline every method must beat); "
+        "rows marked (oracle) read simulator returns. 'vs plare' says better/worse only where the "
+        "intervals separate.",
         "",
-        "| task | method | success mean ± std | 95% interval | runs | pairs trained on | labels |",
-        "|---|---|---|---|---|---|---|",
+        "| task | method | success mean ± std | 95% interval | runs | vs plare | pairs trained on | labels |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, info in results["tasks"].items():
-        labels = info.get("labels", {})
-        trained = labels.get("trained_pairs")
+        trained = "/".join(str(t) for t in info.get("trained_pairs", []) if t is not None) or "-"
         if labels_from_teacher:
-            label_note = "scripted teacher"
+            mistake = results.get("teacher_mistake_rate") or 0.0
+            label_note = "scripted teacher" + (f", {mistake:.0%} flipped" if mistake else "")
         else:
-            accuracy = labels.get("accuracy")
-            label_note = "-" if accuracy is None else f"acc. vs teacher {accuracy:.3f}"
+            accs = [a for a in info.get("label_accuracy", []) if a is not None]
+            label_note = "acc. vs teacher " + "/".join(f"{a:.3f}" for a in accs) if accs else "-"
         for name, m in info["methods"].items():
             s = m["success"]
             std = "n/a" if math.isnan(s["std"]) else f"{s['std']:.2f}"
@@ -86,8 +127,8 @@ def format_table(results: dict) -> str:
             uses_labels = name not in ("bc", "pbc")
             lines.append(
                 f"| {task} | {name}{' (oracle)' if m['oracle'] else ''} | {s['mean']:.2f} ± {std} | "
-                f"{interval} | {s['num_runs']} | {trained if uses_labels and trained is not None else '-'} | "
-                f"{label_note if uses_labels else '-'} |")
+                f"{interval} | {s['num_runs']} | {info['comparisons'].get(name, '-')} | "
+                f"{trained if uses_labels else '-'} | {label_note if uses_labels else '-'} |")
     return "\n".join(lines)
 
 
@@ -96,8 +137,9 @@ def eval_curves(run_dir: pathlib.Path, config: ExperimentConfig) -> dict:
     curves = {}
     for task in config.tasks:
         curves[task] = {m: [] for m in config.method}
-        for seed in config.seeds:
-            records = runs.MetricsLog(run_dir / task / f"seed{seed}" / "metrics.jsonl").read()
+        for data_seed, seed in run_keys(config):
+            path = run_dir / task / f"data{data_seed}" / f"seed{seed}" / "metrics.jsonl"
+            records = runs.MetricsLog(path).read()
             for name in config.method:
                 curves[task][name].append(
                     [(r["step"], r["success_rate"]) for r in method_evals(records, get_method(name))])

@@ -18,6 +18,12 @@ from plare_jax.pipeline.train import train_seed
 RESUME_COMMAND = "python experiments/metaworld.py --resume {run_dir}"
 
 
+def unit_dir(run_dir: pathlib.Path, task: str, data_seed: int, seed: int | None = None) -> pathlib.Path:
+    """Where one task's data seed (and one training seed under it) keeps its files."""
+    path = run_dir / task / f"data{data_seed}"
+    return path if seed is None else path / f"seed{seed}"
+
+
 def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
     if not (run_dir / "config.json").exists():
         raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
@@ -57,18 +63,24 @@ def run(config: ExperimentConfig) -> dict:
             if choice.launch:  # a given endpoint was checked by choose_labeler already
                 preflight(vlm_config(config, base_url))
             for task in tasks:
-                task_dir = run_dir / task
-                task_dir.mkdir(exist_ok=True)
-                datas[task] = prepare_task(config, choice, task, base_url, task_dir)
-                task_summaries[task] = datas[task].summary
+                task_summaries[task] = {}
+                for data_seed in config.data_seeds:
+                    data = prepare_task(config, choice, task, data_seed, base_url,
+                                        unit_dir(run_dir, task, data_seed))
+                    datas[task, data_seed] = data
+                    task_summaries[task][data_seed] = data.summary
         for task in tasks:
             seed_results[task] = {}
-            for seed in config.seeds:
-                seed_results[task][seed] = train_seed(config, datas[task], seed,
-                                                      run_dir / task / f"seed{seed}")
-                results = summarize(config, choice.kind, choice.reason, task_summaries, seed_results)
-                runs.write_json_atomic(run_dir / "results.json", results)
-            del datas[task]  # free device memory before the next task
+            for data_seed in config.data_seeds:
+                for seed in config.seeds:
+                    first_run = (data_seed, seed) == (config.data_seeds[0], config.seeds[0])
+                    seed_results[task][data_seed, seed] = train_seed(
+                        config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
+                        video_dir=run_dir / task if first_run and config.video else None)
+                    results = summarize(config, choice.kind, choice.reason, task_summaries,
+                                        seed_results)
+                    runs.write_json_atomic(run_dir / "results.json", results)
+                del datas[task, data_seed]  # free device memory before the next one
     except KeyboardInterrupt:
         print("\ninterrupted: everything finished so far is saved; continue with\n  "
               + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)

@@ -95,8 +95,12 @@ def method_evals(records: list[dict], method: Method) -> list[dict]:
     return sorted(evals, key=lambda r: r["step"])
 
 
-def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path) -> dict:
-    """The shared BC phase (if any method continues it), then each method; per-method results."""
+def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
+               video_dir: pathlib.Path | None = None) -> dict:
+    """The shared BC phase (if any method continues it), then each method; per-method results.
+
+    `video_dir`: write a video of each method's final evaluation there (one run per task does).
+    """
     unit_dir.mkdir(parents=True, exist_ok=True)
     done_path = unit_dir / "result.json"
     if done_path.exists():  # finished before an interruption: nothing to redo
@@ -124,8 +128,7 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         state = method.create(jax.random.key(seed), policy_config, data.training,
                               init=bc_state if method.starts_from_bc_phase else None,
                               options=config.method_options(method.name))
-        video_path = (unit_dir.parent / f"{method.name}_final.mp4"
-                      if config.video and seed == config.seeds[0] else None)
+        video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
         state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
                            num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
                            video_path=video_path)
@@ -138,8 +141,9 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         if video_path is not None:
             if not video_path.exists():  # branch finished before a resume, or no steps to run
                 evaluate(config, data.task, method.policy_fn(state), seed, video_path=video_path)
-            results[method.name]["video"] = str(video_path.relative_to(unit_dir.parent.parent))
-    result = {"seed": seed, "methods": results, "timings": timings}
+            results[method.name]["video"] = video_path.name
+    result = {"seed": seed, "data_seed": data.summary.get("data_seed"), "methods": results,
+              "timings": timings}
     runs.write_json_atomic(done_path, result)
     return result
 
