@@ -217,6 +217,8 @@ def test_every_pair_failing_trips_the_coverage_gate_with_counts():
     with pytest.raises(LabelCoverageError, match=r"10 of 10 pairs \(100.0%\) got no label.*10 failed") as err:
         check_label_coverage(result)
     assert err.value.counts["failed"] == 10
+    assert "most common failures: 10x HTTP 400: injected HTTP 400" in str(err.value)  # the server's own words
+    assert result.stats["failure_reasons"] == {"HTTP 400: injected HTTP 400": 10}
     assert label_coverage(result.stats) == err.value.counts
 
 

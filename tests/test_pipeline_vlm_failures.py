@@ -72,3 +72,12 @@ def test_max_unlabeled_fraction_is_validated():
     with pytest.raises(ConfigError, match="--max-unlabeled-fraction"):
         validate(dataclasses.replace(ExperimentConfig(), max_unlabeled_fraction=1.5))
     validate(dataclasses.replace(ExperimentConfig(), max_unlabeled_fraction=0.0))
+
+
+def test_failure_reasons_of_chunks_add_up():
+    from plare_jax.pipeline.labels import merge_stats
+
+    first = {"pairs": 4, "failed": 3, "wall_s": 1.0, "failure_reasons": {"HTTP 400: too long": 2, "TimeoutError": 1}}
+    second = {"pairs": 4, "failed": 2, "wall_s": 1.0, "failure_reasons": {"HTTP 400: too long": 2}}
+    merged = merge_stats([first, second])
+    assert merged["failed"] == 5 and merged["failure_reasons"] == {"HTTP 400: too long": 4, "TimeoutError": 1}

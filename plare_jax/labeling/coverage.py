@@ -48,6 +48,12 @@ def label_coverage(result_or_stats: LabelResult | dict) -> dict:
     }
 
 
+def _reasons(result_or_stats: LabelResult | dict) -> dict:
+    stats = result_or_stats.stats if isinstance(result_or_stats, LabelResult) else result_or_stats
+    reasons = stats.get("failure_reasons") or {}
+    return dict(sorted(reasons.items(), key=lambda item: -item[1])[:3])
+
+
 def check_label_coverage(result_or_stats: LabelResult | dict, *,
                          max_unlabeled_fraction: float = DEFAULT_MAX_UNLABELED_FRACTION,
                          option: str = "--max-unlabeled-fraction") -> dict:  # fmt: skip
@@ -65,10 +71,12 @@ def check_label_coverage(result_or_stats: LabelResult | dict, *,
         raise ValueError(f"max_unlabeled_fraction must be in [0, 1], got {max_unlabeled_fraction}.")
     counts = label_coverage(result_or_stats)
     if counts["unlabeled_fraction"] > max_unlabeled_fraction:
+        reasons = _reasons(result_or_stats)
+        why = ("; most common failures: " + "; ".join(f"{n}x {reason}" for reason, n in reasons.items())) if reasons else ""
         raise LabelCoverageError(
             f"{counts['unlabeled']} of {counts['pairs']} pairs ({counts['unlabeled_fraction']:.1%}) got no label "
             f"from the VLM: {counts['failed']} failed (no answer after the retries), {counts['malformed']} malformed "
-            f"(no readable 0 / 1 / -1); at most {max_unlabeled_fraction:.0%} is accepted ({option}). Training now "
+            f"(no readable 0 / 1 / -1){why}. At most {max_unlabeled_fraction:.0%} is accepted ({option}). Training now "
             "would drop them all and report a policy trained on too few pairs. Check the VLM server's log "
             "(overloaded, timing out, or rejecting requests), then run again: stored labels are reused and only "
             f"the missing pairs are asked. To train on fewer labels on purpose, raise {option}.",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -311,6 +312,8 @@ class _RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latencies: list = dataclasses.field(default_factory=list)
+    # Why pairs failed ("HTTP 400: <server message>", "TimeoutError ..."): the coverage error quotes them.
+    failure_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 class VLMLabeler:
@@ -423,8 +426,9 @@ class VLMLabeler:
                         prefs[rows], status[rows] = await self._label_pair(client, key, batch.images[rows[0]], batch.task_text, run)
                     except VLMEndpointError:
                         raise
-                    except Exception:  # unforeseen: this pair fails (and is counted), the run goes on
+                    except Exception as err:  # unforeseen: this pair fails (and is counted), the run goes on
                         logger.warning("pair %s left unlabelled by an unexpected error", key[:12], exc_info=True)
+                        run.failure_reasons[storable_text(f"unexpected {type(err).__name__}: {err}", max_chars=200)] += 1
                         prefs[rows], status[rows] = UNSURE, PAIR_FAILED
                     bar.update(len(rows))
 
@@ -460,6 +464,7 @@ class VLMLabeler:
             "unsure_answers": counts[PAIR_UNSURE],
             "malformed": counts[PAIR_MALFORMED],
             "failed": counts[PAIR_FAILED],
+            "failure_reasons": dict(run.failure_reasons.most_common(5)),
             "unsure": int((prefs == UNSURE).sum()),
             "prompt_tokens": run.prompt_tokens,
             "completion_tokens": run.completion_tokens,
@@ -495,6 +500,7 @@ class VLMLabeler:
                     break
         except _RequestFailed as err:
             logger.warning("pair %s left unlabelled: %s", key[:12], err)
+            run.failure_reasons[str(err)[:200]] += 1
             return UNSURE, PAIR_FAILED
         if choice is None:
             logger.warning("pair %s left unlabelled: malformed answer %r", key[:12], stage2_text[:200])

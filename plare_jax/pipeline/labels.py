@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import shutil
@@ -117,6 +118,11 @@ def merge_stats(stats_list: list[dict]) -> dict:
     for name in merged:
         if name.startswith("latency_"):
             merged[name] = max(stats[name] for stats in stats_list)
+    if "failure_reasons" in merged:
+        reasons = collections.Counter()
+        for stats in stats_list:
+            reasons.update(stats.get("failure_reasons") or {})
+        merged["failure_reasons"] = dict(reasons.most_common(5))
     wall = merged.get("wall_s") or 0.0
     if wall > 0:
         merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall
