@@ -21,7 +21,9 @@ from plare_jax.labeling import (
     VLMConfigError,
     VLMLabeler,
     check_label_coverage,
+    format_report,
     label_coverage,
+    labeling_report,
     preflight,
 )
 from plare_jax.labeling.loopback_server import FAULT_KINDS, LoopbackBehavior, LoopbackVLMServer, brightness_png
@@ -219,6 +221,8 @@ def test_every_pair_failing_trips_the_coverage_gate_with_counts():
     assert err.value.counts["failed"] == 10
     assert "most common failures: 10x HTTP 400: injected HTTP 400" in str(err.value)  # the server's own words
     assert result.stats["failure_reasons"] == {"HTTP 400: injected HTTP 400": 10}
+    report = labeling_report(result.preferences, np.zeros(10, np.int8), result.stats)
+    assert "failed 10x: HTTP 400: injected HTTP 400" in format_report(report)
     assert label_coverage(result.stats) == err.value.counts
 
 
