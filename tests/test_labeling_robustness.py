@@ -320,3 +320,10 @@ def test_fault_kinds_are_validated():
     with pytest.raises(ValueError, match="unknown fault kinds"):
         LoopbackBehavior(fault_rate=0.1, fault_kinds=("gremlins",))
     assert LoopbackBehavior(fault_rate=0.1).fault_kinds == FAULT_KINDS
+
+
+def test_preflight_with_another_image_count_sees_the_servers_limit():
+    with LoopbackVLMServer() as server:  # allows 2 images per prompt
+        with pytest.raises(VLMConfigError, match="At most 2 image"):
+            preflight(config(server), num_images=3)
+        assert server.counts["requests"] == 1

@@ -610,8 +610,8 @@ class VLMLabeler:
         await self._detect_structured_mode()
         pngs = [_tiny_png(i) for i in range(num_images)]
         content = stage1_content(self.stage1_template, task="check the endpoint", num_frames=self.config.num_keyframes,
-                                 images=tuple(pngs[:2]))  # fmt: skip
-        if num_images != 2:  # another image count on purpose (e.g. to see the server's limit)
+                                 images=(pngs[0], pngs[-1]))  # fmt: skip
+        if num_images != 2:  # another image count on purpose (e.g. to see the server's limit): the texts, then the images
             content = [part for part in content if part["type"] == "text"] + [
                 {"type": "image_url", "image_url": {"url": _png_data_url(png)}} for png in pngs
             ]
@@ -647,6 +647,9 @@ def _config_error_hint(message: str, config: VLMConfig) -> str:
 
 def preflight(config: VLMConfig, *, num_images: int = 2) -> dict:
     """Sends one stage-1-shaped request (the real prompt, `num_images` tiny PNGs) before any data work.
+
+    It asks for the configured max_tokens, so a server whose context cannot hold prompt and answer
+    fails here too, once, rather than on every pair.
 
     Returns:
         {"structured_output_mode": the stage-2 constraint key the server will get, "requests", "retries"}.
