@@ -103,11 +103,13 @@ def test_hung_request_times_out_is_retried_and_run_continues():
     # first try of every request hangs past the client timeout; the retry answers
     behavior = LoopbackBehavior(hang_first_k=1, hang_s=120.0)
     with LoopbackVLMServer(behavior=behavior) as server:
-        result = VLMLabeler(fast_config(server, timeout_s=0.3)).label(PairBatch(TASK, images=images), progress=False)
+        result = VLMLabeler(fast_config(server, timeout_s=1.0)).label(PairBatch(TASK, images=images), progress=False)
         counts = server.counts
     teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
     np.testing.assert_array_equal(result.preferences, teacher)
-    assert result.stats["retries"] == 12 and counts["hung"] == 12
+    # 12 distinct requests, each hung on its first try; a loaded machine may time out a slow
+    # answer too, so at least (not exactly) 12 retries
+    assert result.stats["retries"] >= 12 and counts["hung"] == 12
     # The labels came back while all 12 hung requests were still held by the server
     # (released when it stops): the client did not wait for them.
     assert counts["in_flight"] == 12, counts
