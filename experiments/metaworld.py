@@ -34,6 +34,8 @@ from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
 from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
 from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
 from plare_jax import runs  # noqa: E402
+from plare_jax.data.dataset import DatasetError  # noqa: E402
+from plare_jax.labeling.store import LabelStoreError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
 from plare_jax.pipeline.run import run  # noqa: E402
 
@@ -78,8 +80,12 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         run(config)
     except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
-            vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
+            LabelStoreError, vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DatasetError as e:
+        print(f"error: {e}. Run the same command with --recollect to collect the data again "
+              "(the broken file is replaced).", file=sys.stderr)
         return 2
     return 0
 

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from plare_jax.data.dataset import FORMAT_VERSION, DatasetError, OfflineDataset, load_dataset, save_dataset
 from plare_jax.envs.sim import MAX_EPISODE_STEPS, SIM_STATE_SPEC, ExpertPolicy, TaskEnv
 from plare_jax.envs.tasks import resolve_task
+from plare_jax.interrupts import raise_if_stopped
 
 # Per-task generation mix, calibrated at a 250-step horizon so that roughly 30-60% of episodes
 # succeed (benchmarks/data_report.py measures it). Tasks whose scripted expert reads the goal
@@ -219,6 +221,12 @@ def _collect_episodes(config: CollectionConfig, episode_indices: list[int]) -> l
     return [run_episode(env, expert, config, i) for i in episode_indices]
 
 
+def _ignore_sigint() -> None:
+    # Pool workers: the terminal's Ctrl-C reaches the whole process group; the parent decides
+    # (it stops between chunks and terminates the pool), so a worker must not die mid-episode.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _collect_chunk(args: tuple[CollectionConfig, list[int]]) -> tuple[list[int], list[dict[str, np.ndarray]]]:
     config, indices = args
     return indices, _collect_episodes(config, indices)
@@ -231,6 +239,7 @@ def collect_dataset(
     workers: int | None = None,
     progress: bool = True,
     recollect: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> OfflineDataset:
     """Collects (or loads from cache) the offline dataset described by `config`.
 
@@ -275,13 +284,15 @@ def collect_dataset(
                 for i, ep in zip(indices, eps):
                     episodes[i] = ep
                 bar.update(len(indices))
+                raise_if_stopped(should_stop)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_ignore_sigint) as pool:  # leaving the block terminates it
                 for indices, eps in pool.imap_unordered(_collect_chunk, [(config, c) for c in chunks]):
                     for i, ep in zip(indices, eps):
                         episodes[i] = ep
                     bar.update(len(indices))
+                    raise_if_stopped(should_stop)
     elapsed = time.perf_counter() - started
     ds = _assemble(config, episodes, key)
     save_dataset(ds, path)

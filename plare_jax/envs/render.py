@@ -16,6 +16,7 @@ import dataclasses
 import io
 import multiprocessing
 import os
+import signal
 
 import mujoco
 import numpy as np
@@ -181,6 +182,10 @@ def _render_episode(args: tuple) -> tuple[np.ndarray, np.ndarray]:
     return rows, _worker_renderer(task, config).render_states(layout, states)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def render_rows(
     ds: OfflineDataset, rows: np.ndarray, config: RenderConfig, *, workers: int | None = None, progress: bool = True
 ) -> dict[int, np.ndarray]:
@@ -206,7 +211,8 @@ def render_rows(
                 frames.update(zip(ep_rows.tolist(), images))
                 bar.update(len(ep_rows))
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            # workers ignore the terminal's Ctrl-C: the parent stops between chunks and ends the pool
+            with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
                 for ep_rows, images in pool.imap_unordered(_render_episode, jobs):
                     frames.update(zip(ep_rows.tolist(), images))
                     bar.update(len(ep_rows))

@@ -151,6 +151,8 @@ class ExperimentConfig:
     """Continue an interrupted run directory (its stored config is used; other options are ignored)."""
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Cache of offline datasets and the persistent label store, reused across runs."""
+    recollect: bool = False
+    """Collect the offline data again even when it is cached (replaces a corrupt or truncated cache file)."""
     vlm: VLMOptions = VLMOptions()
 
     @property

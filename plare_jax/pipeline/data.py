@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,28 +66,40 @@ def training_data(dataset: OfflineDataset, pairs: SegmentPairs, preferences: np.
 
 
 def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, data_seed: int,
-                 base_url: str | None, data_dir: pathlib.Path) -> TaskData:
-    """Dataset -> pairs -> labels for one task and data seed; cached stages load in seconds."""
+                 base_url: str | None, data_dir: pathlib.Path,
+                 should_stop: Callable[[], bool] | None = None) -> TaskData:
+    """Dataset -> pairs -> labels for one task and data seed; cached stages load in seconds.
+
+    `should_stop` is checked between collection chunks and labeling chunks (StopRequested).
+    """
     timings = {}
     t0 = time.perf_counter()
     dataset = collect_dataset(
         CollectionConfig(task=task, num_episodes=config.num_episodes,
                          horizon=config.collection_horizon, seed=data_seed,
                          stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
-        cache_dir=config.cache_dir / "datasets", workers=config.workers)
+        cache_dir=config.cache_dir / "datasets", workers=config.workers, recollect=config.recollect,
+        should_stop=should_stop)
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
                                  rng=np.random.default_rng(data_seed))
     preferences, stats = label_pairs(config, choice, task, dataset, pairs, base_url,
-                                     config.cache_dir / "labels.sqlite", data_seed=data_seed)
+                                     config.cache_dir / "labels.sqlite", data_seed=data_seed,
+                                     should_stop=should_stop)
     timings["labels_s"] = time.perf_counter() - t0
 
     oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
                                      progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
-    print(f"[{task} data seed {data_seed}] labels ({choice.kind}):\n{format_report(report)}")
+    if choice.kind == "scripted" and not config.teacher_mistake_rate:
+        # The labels are the teacher's own: agreement with it is 1 by construction, not a finding.
+        report["accuracy_note"] = "labels are the scripted teacher's own; accuracy is 1 by construction"
+        print(f"[{task} data seed {data_seed}] labels: scripted teacher ({config.teacher}), "
+              f"{report['pairs']} pairs, unsure rate {report['unsure_rate']:.1%}")
+    else:
+        print(f"[{task} data seed {data_seed}] labels ({choice.kind}):\n{format_report(report)}")
     # Missing labels are weight 0: past the limit, "plare" would be little more than BC. Stop here,
     # before any training, rather than report it (LabelCoverageError says what to do).
     report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)

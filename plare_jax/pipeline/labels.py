@@ -6,12 +6,14 @@ import collections
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 
 from plare_jax.data.segments import SegmentPairs
 from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
+from plare_jax.interrupts import raise_if_stopped
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import PairBatch
 from plare_jax.labeling.scripted import ScriptedTeacher
@@ -74,15 +76,19 @@ def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
 
 
 def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, dataset, pairs: SegmentPairs,
-                base_url: str | None, label_store_path, *, data_seed: int) -> tuple[np.ndarray, dict]:
-    """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics."""
-    goal_text = task_text(task, config.vlm.task_text)
+                base_url: str | None, label_store_path, *, data_seed: int,
+                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict]:
+    """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics.
+
+    `should_stop` is checked between VLM chunks (rendering, then labeling 512 pairs).
+    """
     if choice.kind == "scripted":
         teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
                                   mistake_rate=config.teacher_mistake_rate, seed=data_seed)
-        result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
-                               progress=False)
+        # The teacher reads no text: the task id, not task_text (which warns about tasks without one).
+        result = teacher.label(PairBatch(task, returns=teacher_scores(config, pairs)), progress=False)
         return result.preferences, result.stats
+    goal_text = task_text(task, config.vlm.task_text)
     render_config = RenderConfig(num_keyframes=config.num_keyframes)
     labeler_config = vlm_config(config, base_url)
     preferences, stats_list = [], []
@@ -90,9 +96,11 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
     with LabelStore(label_store_path) as store:
         labeler = VLMLabeler(labeler_config, store=store)
         for begin in range(0, len(pairs.starts), chunk):
+            raise_if_stopped(should_stop)
             index = np.arange(begin, min(begin + chunk, len(pairs.starts)))
             images = render_pair_images(dataset, pairs.take(index), render_config,
                                         workers=config.workers)
+            raise_if_stopped(should_stop)
             png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
             result = labeler.label(PairBatch(goal_text, images=png_pairs))
             preferences.append(result.preferences)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import shutil
 import sys
 
 from plare_jax import plotting, runs
+from plare_jax.interrupts import StopRequested, stop_on_signals
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.vlm import preflight
 from plare_jax.pipeline.config import ExperimentConfig, config_from_dict, validate
@@ -31,7 +33,18 @@ def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Data and labels per task, then every seed and method; writes the run directory."""
+    """Data and labels per task, then every seed and method; writes the run directory.
+
+    Ctrl-C (SIGINT) or SIGTERM stops within seconds (between training windows, evaluation
+    steps, video frames, collection and labeling chunks) with `SystemExit` 130 or 143 and the
+    resume command. A start that fails or is stopped before any training leaves no run
+    directory behind (the cached data and labels stay).
+    """
+    with stop_on_signals() as stop:
+        return _run(config, stop)
+
+
+def _run(config: ExperimentConfig, stop) -> dict:
     resume_dir = config.resume
     if resume_dir is not None:
         config = load_resumed_config(resume_dir)
@@ -41,6 +54,7 @@ def run(config: ExperimentConfig) -> dict:
     tasks = config.tasks  # raises UnknownTaskError
     runs.check_writable(config.cache_dir)
     choice = choose_labeler(config)
+    stop.check()
     if resume_dir is not None:
         run_dir = resume_dir
     else:
@@ -57,16 +71,15 @@ def run(config: ExperimentConfig) -> dict:
             log_path=run_dir / "vllm.log")
         if choice.launch else contextlib.nullcontext(choice.base_url))
     task_summaries, seed_results = {}, {}
+    training_started = False
     try:
         datas = {}
         with launch_context as base_url:  # the VLM server lives only for the labeling stage
-            if choice.launch:  # a given endpoint was checked by choose_labeler already
-                preflight(vlm_config(config, base_url))
             for task in tasks:
                 task_summaries[task] = {}
                 for data_seed in config.data_seeds:
                     data = prepare_task(config, choice, task, data_seed, base_url,
-                                        unit_dir(run_dir, task, data_seed))
+                                        unit_dir(run_dir, task, data_seed), should_stop=stop)
                     datas[task, data_seed] = data
                     task_summaries[task][data_seed] = data.summary
         for task in tasks:
@@ -74,20 +87,32 @@ def run(config: ExperimentConfig) -> dict:
             for data_seed in config.data_seeds:
                 for seed in config.seeds:
                     first_run = (data_seed, seed) == (config.data_seeds[0], config.seeds[0])
+                    training_started = True
                     seed_results[task][data_seed, seed] = train_seed(
                         config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
-                        video_dir=run_dir / task if first_run and config.video else None)
+                        video_dir=run_dir / task if first_run and config.video else None,
+                        should_stop=stop)
                     results = summarize(config, choice.kind, choice.reason, task_summaries,
                                         seed_results)
                     runs.write_json_atomic(run_dir / "results.json", results)
                 del datas[task, data_seed]  # free device memory before the next one
-    except KeyboardInterrupt:
-        print("\ninterrupted: everything finished so far is saved; continue with\n  "
-              + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)
-        raise SystemExit(130)
+        plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
+                                      phase_switch_step=config.bc_steps)
+    except (StopRequested, KeyboardInterrupt) as stopped:
+        code = stopped.exit_code if isinstance(stopped, StopRequested) else 130
+        if not training_started and resume_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"\n{stopped or 'interrupted'} before training began: {run_dir} removed, nothing to resume "
+                  "(collected data and labels stay cached: run the same command again)", file=sys.stderr)
+        else:
+            print(f"\n{stopped or 'interrupted'}: everything finished so far is saved; continue with\n  "
+                  + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)
+        raise SystemExit(code) from None
+    except BaseException:
+        if not training_started and resume_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed leaves no orphan run directory
+        raise
 
-    plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
-                                  phase_switch_step=config.bc_steps)
     table = format_table(results)
     (run_dir / "summary.md").write_text(table + "\n")
     print("\n" + table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from plare_jax import checkpoint as ckpt
 from plare_jax import runs
 from plare_jax.envs import evaluate as envs_evaluate
+from plare_jax.interrupts import raise_if_stopped
 from plare_jax.learner import LearnerConfig
 from plare_jax.methods import BC_PHASE, Method, get_method
 from plare_jax.pipeline.config import ExperimentConfig
@@ -36,20 +38,23 @@ def learner_config(config: ExperimentConfig) -> LearnerConfig:
 
 
 def evaluate(config: ExperimentConfig, task: str, policy_fn, seed: int,
-             video_path: pathlib.Path | None = None):
+             video_path: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None):
     return envs_evaluate.evaluate_policy(
         task, policy_fn, num_episodes=config.eval_episodes, horizon=config.eval_horizon,
         seed=10_000 + seed,  # the same episodes for every method and step: paired comparisons
-        workers=config.workers, video_path=video_path, progress=False)
+        workers=config.workers, video_path=video_path, progress=False, should_stop=should_stop)
 
 
 def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, *, branch: str,
                start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
-               log: runs.MetricsLog, video_path: pathlib.Path | None = None):
+               log: runs.MetricsLog, video_path: pathlib.Path | None = None,
+               should_stop: Callable[[], bool] | None = None):
     """Train one branch (the shared BC phase, or a method) with evaluations and checkpoints.
 
     `video_path`: record the branch's final evaluation there (no extra evaluation episodes).
     Resumable: restores the branch's latest checkpoint and continues from there.
+    `should_stop`: checked after every `metrics_every` updates and every evaluation step;
+    when true, raises `StopRequested` (the last checkpoint is where a resume continues).
     """
     manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
     end_step = start_step + num_steps
@@ -68,16 +73,20 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
         while step < end_step:
             chunk = min(config.eval_every - (step % config.eval_every), end_step - step)
             key = jax.random.fold_in(base_key, step)
-            state, metrics = method.train(state, train_data, key, chunk,
-                                          metrics_every=config.metrics_every)
-            metrics = jax.device_get(metrics)
-            for i in range(chunk // config.metrics_every):
-                log.append({"branch": branch, "step": step + (i + 1) * config.metrics_every,
-                            **{k: float(np.asarray(v)[i]) for k, v in metrics.items()}})
-            step += chunk
-            bar.update(chunk)
+            # One call per metrics window, with the chunk's key: a method draws step k's randomness
+            # from fold_in(key, k) (Method.train's contract), so this equals one call of `chunk`
+            # steps, and a stop request is seen within one window instead of one chunk.
+            for _ in range(chunk // config.metrics_every):
+                state, metrics = method.train(state, train_data, key, config.metrics_every,
+                                              metrics_every=config.metrics_every)
+                metrics = jax.device_get(metrics)
+                step += config.metrics_every
+                log.append({"branch": branch, "step": step,
+                            **{k: float(np.asarray(v)[0]) for k, v in metrics.items()}})
+                bar.update(config.metrics_every)
+                raise_if_stopped(should_stop)
             result = evaluate(config, data.task, method.policy_fn(state), seed,
-                              video_path=video_path if step == end_step else None)
+                              video_path=video_path if step == end_step else None, should_stop=should_stop)
             log.append({"branch": branch, "step": step, "eval": True,
                         "success_rate": result.success_rate, "mean_return": result.mean_return})
             bar.set_postfix(success=f"{result.success_rate:.2f}")
@@ -96,10 +105,11 @@ def method_evals(records: list[dict], method: Method) -> list[dict]:
 
 
 def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
-               video_dir: pathlib.Path | None = None) -> dict:
+               video_dir: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """The shared BC phase (if any method continues it), then each method; per-method results.
 
     `video_dir`: write a video of each method's final evaluation there (one run per task does).
+    `should_stop`: see `run_branch`.
     """
     unit_dir.mkdir(parents=True, exist_ok=True)
     done_path = unit_dir / "result.json"
@@ -115,7 +125,8 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         t0 = time.perf_counter()
         bc_state = BC_PHASE.create(jax.random.key(seed), policy_config, data.training, init=None)
         bc_state = run_branch(config, data, BC_PHASE, bc_state, branch=SHARED_BC_BRANCH, start_step=0,
-                              num_steps=config.bc_steps, seed=seed, unit_dir=unit_dir, log=log)
+                              num_steps=config.bc_steps, seed=seed, unit_dir=unit_dir, log=log,
+                              should_stop=should_stop)
         timings["shared_bc_phase_s"] = time.perf_counter() - t0
 
     results = {}
@@ -131,16 +142,17 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
         state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
                            num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
-                           video_path=video_path)
+                           video_path=video_path, should_stop=should_stop)
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         evals = method_evals(log.read(), method)
-        final = evals[-1] if evals else evaluate_final(config, data, method, state, seed)
+        final = evals[-1] if evals else evaluate_final(config, data, method, state, seed, should_stop)
         results[method.name] = {"success_rate": final["success_rate"],
                                 "mean_return": final["mean_return"], "step": final["step"],
                                 **method.report(state, data.training)}
         if video_path is not None:
             if not video_path.exists():  # branch finished before a resume, or no steps to run
-                evaluate(config, data.task, method.policy_fn(state), seed, video_path=video_path)
+                evaluate(config, data.task, method.policy_fn(state), seed, video_path=video_path,
+                         should_stop=should_stop)
             results[method.name]["video"] = video_path.name
     result = {"seed": seed, "data_seed": data.summary.get("data_seed"), "methods": results,
               "timings": timings}
@@ -148,8 +160,9 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
     return result
 
 
-def evaluate_final(config: ExperimentConfig, data: TaskData, method: Method, state, seed: int) -> dict:
+def evaluate_final(config: ExperimentConfig, data: TaskData, method: Method, state, seed: int,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
     """An evaluation of a branch that ran no steps (e.g. --cpl-steps 0)."""
-    result = evaluate(config, data.task, method.policy_fn(state), seed)
+    result = evaluate(config, data.task, method.policy_fn(state), seed, should_stop=should_stop)
     return {"success_rate": result.success_rate, "mean_return": result.mean_return,
             "step": int(state.step)}
