@@ -182,7 +182,7 @@ def start_cli(args, tmp_path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_stops_promptly_and_leaves_a_resumable_run(tmp_path, signum, exit_code):
     args = [*TINY, "--bc-steps", "200", "--cpl-steps", "200", "--eval-every", "100",
             "--labeler", "scripted", "--run-name", "c", "--out-dir", str(tmp_path / "runs"),
