@@ -142,7 +142,8 @@ class TrainingBenchConfig:
     quiet_threshold: float = 0.05
     """A timed row is marked busy when other processes used more than this share of all CPUs meanwhile."""
     wait_quiet_s: float = 0.0
-    """Before each row, wait up to this many seconds for a 3 s window below --quiet-threshold (0: do not wait)."""
+    """Before each row, wait up to this many seconds for a 3 s window below --quiet-threshold (0: do not wait;
+    ignored with --tiny, whose numbers mean nothing anyway)."""
     out: pathlib.Path | None = None
     """JSON output path (default benchmarks/out/training.json)."""
     seed: int = 0
@@ -540,7 +541,7 @@ def run(cfg: TrainingBenchConfig) -> dict:
     waits = []
 
     def run_row(fn, *args, env=None):
-        if cfg.wait_quiet_s > 0:
+        if cfg.wait_quiet_s > 0 and not cfg.tiny:
             waits.append(wait_until_quiet(cfg.quiet_threshold, cfg.wait_quiet_s))
         if cfg.tiny and env is None:
             return fn(*args)  # tiny: no process start per row (the smoke run takes seconds)
