@@ -125,6 +125,8 @@ def test_scripted_pipeline_end_to_end_and_never_overwrites(tmp_path):
     records = [json.loads(l) for l in (run_dir / "reach-v3" / "data0" / "seed0" / "metrics.jsonl").open()]
     assert {r["branch"] for r in records} == {"bc_phase", "plare", "bc"}
     assert "| reach-v3 | plare |" in proc.stdout
+    assert proc.stdout.count("labeler:") == 1  # the labeler notice, once
+    assert "os.fork()" not in proc.stderr  # the videos were written without forking the JAX process
 
     # The same run name again: refused, and the first run is untouched.
     before = (run_dir / "results.json").read_text()
