@@ -126,6 +126,9 @@ def test_scripted_pipeline_end_to_end_and_never_overwrites(tmp_path):
     assert {r["branch"] for r in records} == {"bc_phase", "plare", "bc"}
     assert "| reach-v3 | plare |" in proc.stdout
     assert proc.stdout.count("labeler:") == 1  # the labeler notice, once
+    # the shared BC phase and the bc method's own second phase are timed under distinct keys
+    timings = task["training_timings"]["data0-seed0"]
+    assert {"shared_bc_phase_s", "plare_s", "bc_s"} <= set(timings) and all(v > 0 for v in timings.values())
     assert "os.fork()" not in proc.stderr  # the videos were written without forking the JAX process
 
     # The same run name again: refused, and the first run is untouched.
