@@ -1,0 +1,236 @@
+"""Tests of the methods beside PLARE: each learns what it should on a synthetic problem.
+
+The problem: the good action is a*(s) = 0.8 * sign(s_0). Each episode takes it with its own
+probability q_e at every step and the opposite action otherwise. A segment is preferred when it
+took the good action more often; the teacher's episode score is q_e's realised fraction. Behaviour
+cloning on all the data averages to ~0 along a*(s); a method that uses the labels (or the oracle
+scores) right must move its policy towards a*(s).
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from plare_jax.checkpoint import make_checkpoint_manager, restore_state, save_state
+from plare_jax.learner import LearnerConfig, LearnerState, train
+from plare_jax.methods import METHODS, get_method
+from plare_jax.methods import pbc as pbc_module
+from plare_jax.methods import rlvlmf as rlvlmf_module
+from plare_jax.methods import sft as sft_module
+from plare_jax.methods.base import TrainingData
+
+O, A = 3, 1
+POLICY = LearnerConfig(hidden_dims=(32, 32), dropout_rate=0.0, warmup_steps=10, learning_rate=3e-3,
+                       batch_pairs=16, bc_batch_size=128)
+SMALL_RLVLMF = rlvlmf_module.RLVLMFOptions(
+    reward_steps=300, reward_hidden_dims=(32, 32), reward_lr=3e-3, reward_batch_pairs=16,
+    reward_holdout_fraction=0.2, critic_hidden_dims=(32, 32), value_hidden_dims=(32, 32), lr=3e-3,
+    schedule_steps=400, batch_size=128,
+)
+
+
+def good_action(obs: np.ndarray) -> np.ndarray:
+    return 0.8 * np.sign(obs[..., :1])
+
+
+def synthetic_data(seed=0, num_episodes=40, episode_len=32, num_pairs=300, seg_len=8, unsure=0.2,
+                   scores=True) -> TrainingData:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(num_episodes, episode_len + 1, O)).astype(np.float32)
+    quality = rng.uniform(0, 1, size=(num_episodes, 1))
+    took_good = rng.uniform(size=(num_episodes, episode_len)) < quality
+    actions = np.where(took_good[..., None], 1.0, -1.0) * good_action(obs[:, :-1])
+    n = num_episodes * episode_len
+    rows = np.arange(n).reshape(num_episodes, episode_len)
+    has_next = np.ones((num_episodes, episode_len), bool)
+    has_next[:, -1] = False  # the last step's successor is not stored
+    next_obs = np.where(has_next[..., None], obs[:, 1:], obs[:, :-1])
+    # Pairs of random segments; label = P(second preferred) from the count of good actions.
+    episodes = rng.integers(0, num_episodes, size=(num_pairs, 2))
+    starts = rng.integers(0, episode_len - seg_len + 1, size=(num_pairs, 2))
+    pair_rows = rows[episodes[..., None], starts[..., None] + np.arange(seg_len)]  # [P, 2, T]
+    good_count = took_good.reshape(-1)[pair_rows].sum(-1)
+    labels = np.where(good_count[:, 1] > good_count[:, 0], 1.0,
+                      np.where(good_count[:, 1] < good_count[:, 0], 0.0, 0.5)).astype(np.float32)
+    weights = np.ones(num_pairs, np.float32)
+    dropped = rng.uniform(size=num_pairs) < unsure
+    weights[dropped] = 0.0
+    labels[dropped] = np.where(labels[dropped] == 0.5, 0.5, 1.0 - labels[dropped])  # wrong on purpose
+    flat_obs = obs[:, :-1].reshape(n, O)
+    flat_act = actions.reshape(n, A).astype(np.float32)
+    return TrainingData(
+        observations=flat_obs,
+        actions=flat_act,
+        next_observations=next_obs.reshape(n, O),
+        has_next=has_next.reshape(n),
+        terminals=np.zeros(n, np.float32),
+        episode_ids=np.repeat(np.arange(num_episodes, dtype=np.int32), episode_len),
+        pair_observations=flat_obs[pair_rows],
+        pair_actions=flat_act[pair_rows],
+        labels=labels,
+        weights=weights,
+        pair_mask=np.ones((num_pairs, 2, seg_len), np.float32),
+        pair_rows=pair_rows.astype(np.int64),
+        episode_scores=took_good.mean(-1).astype(np.float32) if scores else None,
+    )
+
+
+def alignment(policy, seed=1) -> float:
+    """Mean of pi(s) * a*(s) / 0.8^2 on fresh states: 1 = always the good action, 0 = no preference."""
+    obs = np.random.default_rng(seed).normal(size=(512, O)).astype(np.float32)
+    return float(np.mean(policy(obs) * good_action(obs)) / 0.64)
+
+
+def run(method, data, steps, *, options=None, init=None, key=1, metrics_every=100):
+    state = method.create(jax.random.key(0), POLICY, data, init=init, options=options)
+    state, metrics = method.train(state, method.device_data(state, data), jax.random.key(key), steps,
+                                  metrics_every=metrics_every)
+    return state, metrics
+
+
+def bc_alignment(data, steps=400):
+    state, _ = run(get_method("bc"), data, steps)
+    return alignment(get_method("bc").policy_fn(state))
+
+
+def test_registry_has_every_method_with_its_flags():
+    assert {"plare", "bc", "rlvlmf", "sft", "pbc"} <= set(METHODS)
+    assert get_method("pbc").oracle and not any(get_method(m).oracle for m in ("plare", "bc", "rlvlmf", "sft"))
+    assert get_method("sft").starts_from_bc_phase
+    assert not get_method("rlvlmf").starts_from_bc_phase and not get_method("pbc").starts_from_bc_phase
+    assert all(m.description for m in METHODS.values())
+
+
+def test_rlvlmf_reward_model_ranks_held_out_pairs_and_iql_picks_the_good_action():
+    data = synthetic_data()
+    method = get_method("rlvlmf")
+    state, metrics = run(method, data, 400, options=SMALL_RLVLMF)
+    report = method.report(state, data)
+    assert report["reward_model_steps"] == 300 and report["iql_steps"] == 400
+    assert report["reward_heldout_pairs_scored"] > 20
+    assert report["reward_heldout_accuracy"] > 0.9, report
+    assert report["reward_model_seconds"] > 0
+    # Relabelled rewards: standardised, and higher for the good action than for the other one.
+    rewards = np.asarray(state.rewards)
+    np.testing.assert_allclose([rewards.mean(), rewards.std()], [0.0, 1.0], atol=1e-4)
+    took_good = (data.actions[:, 0] * good_action(data.observations)[:, 0]) > 0
+    assert rewards[took_good].mean() > rewards[~took_good].mean() + 1.0
+    assert set(metrics) >= {"loss", "value_loss", "critic_loss", "actor_loss", "advantage_mean", "learning_rate"}
+    assert all(m.shape == (4,) and np.isfinite(np.asarray(m)).all() for m in metrics.values())
+    assert metrics["critic_loss"][-1] < metrics["critic_loss"][0]
+    policy = method.policy_fn(state)
+    obs = data.observations[:7]
+    np.testing.assert_array_equal(policy(obs), policy(obs))  # deterministic
+    assert isinstance(policy(obs), np.ndarray) and policy(obs).shape == (7, A)
+    assert alignment(policy) > 0.6, alignment(policy)
+    assert bc_alignment(data) < 0.35  # the data alone does not say which action is good
+
+
+def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompiling(tmp_path):
+    data = synthetic_data(seed=2, num_pairs=120)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=40, batch_size=32, reward_batch_pairs=8)
+    fresh = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+    device_data = method.device_data(fresh, data)
+    key = jax.random.key(3)
+    whole, whole_metrics = method.train(fresh, device_data, key, 60, metrics_every=20)
+    first, _ = method.train(fresh, device_data, key, 20, metrics_every=20)
+    compiled = (rlvlmf_module._iql_train_jit._cache_size(), rlvlmf_module._reward_train_jit._cache_size())
+    with make_checkpoint_manager(tmp_path / "ckpt") as manager:
+        assert save_state(manager, first)
+        target = method.create(jax.random.key(9), POLICY, data, init=None, options=options)
+        restored = restore_state(manager, target)
+    assert int(restored.step) == 20 and int(restored.reward_step) == 40
+    np.testing.assert_array_equal(restored.rewards, first.rewards)
+    resumed, metrics_2 = method.train(restored, device_data, key, 20, metrics_every=20)
+    resumed, metrics_3 = method.train(resumed, device_data, key, 20, metrics_every=20)
+    # The resumed calls trained no reward model and compiled nothing new (same shapes and sizes).
+    assert (rlvlmf_module._iql_train_jit._cache_size(), rlvlmf_module._reward_train_jit._cache_size()) == compiled
+    assert float(resumed.reward_seconds) == float(first.reward_seconds)
+    for a, b in zip(jax.tree.leaves(resumed.actor_params), jax.tree.leaves(whole.actor_params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(resumed.target_critic_params), jax.tree.leaves(whole.target_critic_params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose([metrics_2["loss"][0], metrics_3["loss"][0]], whole_metrics["loss"][1:], rtol=1e-5)
+
+
+def test_rlvlmf_rejects_bad_options_and_data_with_clear_errors():
+    with pytest.raises(ValueError, match="expectile"):
+        rlvlmf_module.RLVLMFOptions(expectile=1.0)
+    with pytest.raises(ValueError, match="reward_holdout_fraction"):
+        rlvlmf_module.RLVLMFOptions(reward_holdout_fraction=1.0)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        rlvlmf_module.RLVLMFOptions(batch_size=0)
+    data = synthetic_data(num_pairs=20)
+    no_labels = dataclasses.replace(data, weights=np.zeros_like(data.weights))
+    method = get_method("rlvlmf")
+    state = method.create(jax.random.key(0), POLICY, no_labels, init=None, options=SMALL_RLVLMF)
+    with pytest.raises(ValueError, match="no labelled pair"):
+        method.device_data(state, no_labels)
+    with pytest.raises(ValueError, match="multiple of metrics_every"):
+        method.train(state, method.device_data(state, data), jax.random.key(1), 30, metrics_every=20)
+
+
+def test_holdout_split_is_fixed_and_sized():
+    a = rlvlmf_module.holdout_split(200, 0.1, seed=0)
+    assert a.sum() == 20 and np.array_equal(a, rlvlmf_module.holdout_split(200, 0.1, seed=0))
+    assert not np.array_equal(a, rlvlmf_module.holdout_split(200, 0.1, seed=1))
+    assert rlvlmf_module.holdout_split(200, 0.0, seed=0).sum() == 0
+
+
+def test_sft_clones_only_confident_preferred_segments_and_learns_the_good_action():
+    data = synthetic_data(seed=4)
+    rows = sft_module.preferred_segment_rows(data)
+    confident = (data.weights > 0) & (data.labels != 0.5)
+    assert rows.shape == (confident.sum() * data.pair_rows.shape[-1],)
+    # The cloned rows are exactly the preferred segments' steps of the trusted pairs.
+    second = data.labels[confident] == 1.0
+    expected = np.where(second[:, None], data.pair_rows[confident, 1], data.pair_rows[confident, 0]).ravel()
+    np.testing.assert_array_equal(np.sort(rows), np.sort(expected))
+
+    bc_phase, _ = run(get_method("bc"), data, 200)
+    method = get_method("sft")
+    state = method.create(jax.random.key(0), POLICY, data, init=bc_phase)
+    assert int(state.step) == 200 and int(state.phase_step) == 0  # continues the BC policy, fresh optimizer
+    state, metrics = method.train(state, method.device_data(state, data), jax.random.key(1), 400, metrics_every=100)
+    assert int(state.step) == 600
+    after = alignment(method.policy_fn(state))
+    assert after > alignment(get_method("bc").policy_fn(bc_phase)) + 0.2
+    assert after > 0.3, after
+    assert method.report(state, data)["cloned_pairs"] == confident.sum()
+    no_confident = dataclasses.replace(data, labels=np.full_like(data.labels, 0.5))
+    with pytest.raises(ValueError, match="confident label"):
+        method.device_data(state, no_confident)
+
+
+def test_pbc_clones_the_top_episodes_and_needs_episode_scores():
+    data = synthetic_data(seed=5)
+    rows, episodes = pbc_module.top_episode_rows(data, 0.1)
+    assert episodes.size == 4  # 10% of 40
+    others = np.setdiff1d(np.arange(40), episodes)
+    assert data.episode_scores[episodes].min() >= data.episode_scores[others].max()  # (ties: either may go)
+    np.testing.assert_array_equal(np.unique(data.episode_ids[rows]), episodes)
+    method = get_method("pbc")
+    state, _ = run(method, data, 400, options=pbc_module.PBCOptions(top_fraction=0.1))
+    assert int(state.step) == 400
+    assert alignment(method.policy_fn(state)) > 0.6
+    assert method.report(state, data)["cloned_episode_score_mean"] > 0.85
+    with pytest.raises(ValueError, match="episode scores"):
+        method.create(jax.random.key(0), POLICY, synthetic_data(scores=False), init=None)
+    with pytest.raises(ValueError, match="top_fraction"):
+        pbc_module.PBCOptions(top_fraction=0.0)
+
+
+def test_pbc_state_checkpoints_and_resumes(tmp_path):
+    data = synthetic_data(seed=6)
+    method = get_method("pbc")
+    options = pbc_module.PBCOptions(top_fraction=0.25)
+    state, _ = run(method, data, 20, options=options, metrics_every=10)
+    with make_checkpoint_manager(tmp_path) as manager:
+        save_state(manager, state)
+        restored = restore_state(manager, method.create(jax.random.key(5), POLICY, data, options=options))
+    assert int(restored.step) == 20 and restored.config == options
+    for a, b in zip(jax.tree.leaves(restored.policy.params), jax.tree.leaves(state.policy.params)):
+        np.testing.assert_array_equal(a, b)
