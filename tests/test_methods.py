@@ -234,3 +234,69 @@ def test_pbc_state_checkpoints_and_resumes(tmp_path):
     assert int(restored.step) == 20 and restored.config == options
     for a, b in zip(jax.tree.leaves(restored.policy.params), jax.tree.leaves(state.policy.params)):
         np.testing.assert_array_equal(a, b)
+
+
+TWO_DEVICE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from test_methods import POLICY, SMALL_RLVLMF, synthetic_data
+import dataclasses
+from plare_jax.methods import get_method
+from plare_jax.methods import rlvlmf
+from plare_jax.sharding import make_data_mesh
+
+assert jax.device_count() == 2, jax.devices()
+data = synthetic_data(seed=7, num_pairs=60)
+options = dataclasses.replace(SMALL_RLVLMF, reward_steps=6, reward_batch_pairs=8, batch_size=32)
+method = get_method("rlvlmf")
+fresh = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+out = {}
+for name, mesh in [("single", None), ("two", make_data_mesh())]:
+    state, metrics = method.train(fresh, method.device_data(fresh, data), jax.random.key(1), 4, metrics_every=2, mesh=mesh)
+    jax.block_until_ready(state)
+    out[name] = {
+        "leaves": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves((state.reward_params, state.actor_params,
+                                                                             state.critic_params, state.value_params))],
+        "rewards": np.asarray(state.rewards).tolist(),
+        "loss": np.asarray(metrics["critic_loss"]).tolist(),
+        "devices": len(state.rewards.sharding.device_set),
+    }
+hlo = rlvlmf._iql_train_jit.lower(state, method.device_data(fresh, data), jax.random.key(1), num_steps=2,
+                                  metrics_every=2, mesh=make_data_mesh()).compile().as_text()
+odd = dataclasses.replace(options, batch_size=31)
+try:
+    method.train(method.create(jax.random.key(0), POLICY, data, options=odd), method.device_data(fresh, data),
+                 jax.random.key(1), 2, metrics_every=2, mesh=make_data_mesh())
+    out["odd_error"] = ""
+except ValueError as err:
+    out["odd_error"] = str(err)
+out["all_reduce"] = "all-reduce" in hlo
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_rlvlmf_on_two_forced_cpu_devices_matches_one_device():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    assert out["all_reduce"], "the 2-device IQL update should all-reduce its gradients"
+    assert out["two"]["devices"] == 2
+    assert "rlvlmf batch_size 31 is not divisible by the 2 devices" in out["odd_error"]
+    for single, two in zip(out["single"]["leaves"], out["two"]["leaves"]):
+        np.testing.assert_allclose(two, single, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["two"]["rewards"], out["single"]["rewards"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["two"]["loss"], out["single"]["loss"], rtol=1e-5)
