@@ -137,15 +137,21 @@ class RLVLMFData(flax.struct.PyTreeNode):
     terminals: jax.Array  # [N] float32
 
 
-class TwinCritic(nnx.Module):
-    """Two independent Q(s, a) networks; IQL takes their minimum as the value target."""
+def _twin_critic(obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...], key: jax.Array):
+    """Two independent Q(s, a) networks as one graphdef and params stacked on a leading axis of 2.
 
-    def __init__(self, obs_dim: int, act_dim: int, *, hidden_dims: tuple[int, ...], rngs: nnx.Rngs):
-        self.q1 = ScalarMLP(obs_dim + act_dim, hidden_dims=hidden_dims, rngs=rngs)
-        self.q2 = ScalarMLP(obs_dim + act_dim, hidden_dims=hidden_dims, rngs=rngs)
+    Evaluated with `jax.vmap` over that axis (`_critic_values`): one batched matmul per layer for
+    both critics instead of two, fewer and larger ops per update.
+    """
+    nets = [ScalarMLP(obs_dim + act_dim, hidden_dims=hidden_dims, rngs=nnx.Rngs(k)) for k in jax.random.split(key)]
+    graphdef, first = nnx.split(nets[0], nnx.Param)
+    _, second = nnx.split(nets[1], nnx.Param)
+    return graphdef, jax.tree.map(lambda a, b: jnp.stack([a, b]), first, second)
 
-    def __call__(self, obs: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.q1(obs, actions), self.q2(obs, actions)
+
+def _critic_values(graphdef, params, obs: jax.Array, actions: jax.Array) -> jax.Array:
+    """`[2, B]` Q-values of both critics."""
+    return jax.vmap(lambda p: nnx.merge(graphdef, p)(obs, actions))(params)
 
 
 class RLVLMFState(flax.struct.PyTreeNode):
@@ -155,7 +161,7 @@ class RLVLMFState(flax.struct.PyTreeNode):
     reward_step: jax.Array  # int32, reward-model updates done
     reward_params: nnx.State
     reward_opt_state: optax.OptState
-    critic_params: nnx.State
+    critic_params: nnx.State  # both critics, stacked on a leading axis of 2
     target_critic_params: nnx.State
     critic_opt_state: optax.OptState
     value_params: nnx.State
@@ -296,8 +302,7 @@ _relabel_jit = jax.jit(_relabel_impl)
 def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: jax.Array):
     config = state.config
     obs, actions = batch["observations"], batch["actions"]
-    target_critic = nnx.merge(state.critic_graphdef, state.target_critic_params)
-    q_target = jnp.minimum(*target_critic(obs, actions))
+    q_target = jnp.min(_critic_values(state.critic_graphdef, state.target_critic_params, obs, actions), axis=0)
 
     # Value: expectile regression of V(s) on the target critics' Q(s, a).
     def value_objective(params):
@@ -307,10 +312,14 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
     value_grads, value = jax.grad(value_objective, has_aux=True)(state.value_params)
     value_params, value_opt_state = _apply(_critic_optimizer(config), value_grads, state.value_opt_state,
                                            state.value_params)
-    new_value = nnx.merge(state.value_graphdef, value_params)
+    # The updated V at s (advantages) and s' (critic targets), in one pass.
+    batch_size = obs.shape[0]
+    new_values = nnx.merge(state.value_graphdef, value_params)(
+        jnp.concatenate([obs, batch["next_observations"]], axis=0))
+    new_value, next_value = new_values[:batch_size], new_values[batch_size:]
 
     # Actor: advantage-weighted regression, advantages from the updated V.
-    advantages = q_target - new_value(obs)
+    advantages = q_target - new_value
     actor_dropout = learner.make_dropout_key(dropout_key, state.policy_config)
 
     def actor_objective(params):
@@ -324,14 +333,13 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
 
     # Critics: one-step targets through the updated V; rows without a successor (an episode's
     # last stored step that is not a true terminal) have no target and weigh 0.
-    next_value = new_value(batch["next_observations"])
     not_terminal = 1.0 - batch["terminals"]
     q_targets = batch["rewards"] + config.discount * not_terminal * next_value
     row_weights = jnp.maximum(batch["has_next"], batch["terminals"])
 
     def critic_objective(params):
-        q1, q2 = nnx.merge(state.critic_graphdef, params)(obs, actions)
-        per_row = jnp.square(q1 - q_targets) + jnp.square(q2 - q_targets)
+        q = _critic_values(state.critic_graphdef, params, obs, actions)
+        per_row = jnp.sum(jnp.square(q - q_targets), axis=0)
         return losses.weighted_mean(per_row, row_weights)
 
     critic_loss, critic_grads = jax.value_and_grad(critic_objective)(state.critic_params)
@@ -429,7 +437,6 @@ class RLVLMF:
         reward_key, critic_key, value_key, actor_key = jax.random.split(key, 4)
         reward_model = ScalarMLP(obs_dim + act_dim, hidden_dims=config.reward_hidden_dims, bounded=True,
                                  rngs=nnx.Rngs(reward_key))
-        critic = TwinCritic(obs_dim, act_dim, hidden_dims=config.critic_hidden_dims, rngs=nnx.Rngs(critic_key))
         value = ScalarMLP(obs_dim, hidden_dims=config.value_hidden_dims, rngs=nnx.Rngs(value_key))
         actor = PolicyMLP(
             obs_dim, act_dim, hidden_dims=policy_config.hidden_dims, dropout_rate=policy_config.dropout_rate,
@@ -437,7 +444,7 @@ class RLVLMF:
             state_dependent_std=policy_config.state_dependent_std, rngs=nnx.Rngs(actor_key),
         )
         reward_graphdef, reward_params = nnx.split(reward_model, nnx.Param)
-        critic_graphdef, critic_params = nnx.split(critic, nnx.Param)
+        critic_graphdef, critic_params = _twin_critic(obs_dim, act_dim, config.critic_hidden_dims, critic_key)
         value_graphdef, value_params = nnx.split(value, nnx.Param)
         actor_graphdef, actor_params = nnx.split(actor, nnx.Param)
         zero = jnp.zeros((), jnp.int32)
