@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from plare_jax.checkpoint import make_checkpoint_manager, restore_state, save_state
 from plare_jax.learner import LearnerConfig, LearnerState, train
@@ -154,6 +155,49 @@ def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompil
     for a, b in zip(jax.tree.leaves(resumed.target_critic_params), jax.tree.leaves(whole.target_critic_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     np.testing.assert_allclose([metrics_2["loss"][0], metrics_3["loss"][0]], whole_metrics["loss"][1:], rtol=1e-5)
+
+
+def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
+    data = synthetic_data(seed=8, num_pairs=20)
+    state = get_method("rlvlmf").create(jax.random.key(0), POLICY, data, init=None, options=SMALL_RLVLMF)
+    rng = np.random.default_rng(0)
+    b = 16
+
+    def batch(has_next, terminals, next_scale=1.0):
+        return {
+            "observations": data.observations[:b], "actions": data.actions[:b],
+            "next_observations": (rng.normal(size=(b, O)) * next_scale).astype(np.float32),
+            "has_next": np.full(b, has_next, np.float32), "terminals": np.full(b, terminals, np.float32),
+            "rewards": rng.normal(size=b).astype(np.float32),
+        }
+
+    update = jax.jit(rlvlmf_module._iql_update)
+    key = jax.random.key(1)
+    same = lambda a, b_: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b_)))
+    # No successor, not terminal: no target, the critics do not move; V and the actor still learn.
+    new, metrics = update(state, batch(0.0, 0.0), key)
+    assert float(metrics["critic_loss"]) == 0.0 and same(new.critic_params, state.critic_params)
+    assert not same(new.value_params, state.value_params) and not same(new.actor_params, state.actor_params)
+    # True terminals: the target is the reward alone, whatever next_observations holds.
+    rewards_fixed = batch(0.0, 1.0)
+    other_next = dict(rewards_fixed, next_observations=rewards_fixed["next_observations"] * 100)
+    a, _ = update(state, rewards_fixed, key)
+    c, _ = update(state, other_next, key)
+    assert not same(a.critic_params, state.critic_params) and same(a.critic_params, c.critic_params)
+    # With successors the next state's value enters the target.
+    with_next = batch(1.0, 0.0)
+    a, _ = update(state, with_next, key)
+    c, _ = update(state, dict(with_next, next_observations=with_next["next_observations"] * 100), key)
+    assert not same(a.critic_params, c.critic_params)
+    # The value loss is the expectile loss of min(target Q1, Q2) - V(s), as in NumPy.
+    _, metrics = update(state, with_next, key)
+    q = np.asarray(rlvlmf_module._critic_values(state.critic_graphdef, state.target_critic_params,
+                                                with_next["observations"], with_next["actions"]), np.float64)
+    v = np.asarray(nnx.merge(state.value_graphdef, state.value_params)(with_next["observations"]), np.float64)
+    diff = q.min(0) - v
+    expected = np.mean(np.where(diff < 0, 0.3, 0.7) * diff**2)
+    np.testing.assert_allclose(float(metrics["value_loss"]), expected, rtol=1e-4)
+    assert q.shape == (2, b) and not np.allclose(q[0], q[1])  # two independent critics
 
 
 def test_rlvlmf_rejects_bad_options_and_data_with_clear_errors():

@@ -309,7 +309,7 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
         value = nnx.merge(state.value_graphdef, params)(obs)
         return jnp.mean(losses.expectile_loss(q_target - value, expectile=config.expectile)), value
 
-    value_grads, value = jax.grad(value_objective, has_aux=True)(state.value_params)
+    (value_loss, value), value_grads = jax.value_and_grad(value_objective, has_aux=True)(state.value_params)
     value_params, value_opt_state = _apply(_critic_optimizer(config), value_grads, state.value_opt_state,
                                            state.value_params)
     # The updated V at s (advantages) and s' (critic targets), in one pass.
@@ -347,7 +347,6 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
                                              state.critic_params)
     target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, config.tau)
 
-    value_loss = jnp.mean(losses.expectile_loss(q_target - value, expectile=config.expectile))
     metrics = {
         "loss": actor_loss,
         "actor_loss": actor_loss,
