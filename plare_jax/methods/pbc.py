@@ -28,7 +28,7 @@ class PBCOptions:
     """Percentile BC (oracle reference): which episodes to clone."""
 
     top_fraction: float = 0.1
-    """Fraction of the episodes, best by the scripted teacher's score, whose steps are cloned
+    """Fraction of the episodes, best by the simulator's per-episode score, whose steps are cloned
     (at least one episode). 10% is the most selective of the usual %BC settings; with the quick
     preset's 120 episodes it still leaves 12 episodes (3000 steps) to clone."""
 
