@@ -92,8 +92,9 @@ class RLVLMFOptions:
     lr: float = 3e-4
     """Adam learning rate of the critics, the value network and the actor."""
     schedule_steps: int = 6000
-    """Length of the actor's cosine learning-rate decay; set it to the run's IQL update budget
-    (bc-steps + cpl-steps). Critic and value learning rates are constant, as in IQL."""
+    """Length of the actor's cosine learning-rate decay. The experiment sets it to the run's IQL
+    update budget (--bc-steps + --cpl-steps), whatever is given here. Critic and value learning
+    rates are constant, as in IQL."""
     batch_size: int = 256
     """Transitions per IQL update."""
 
