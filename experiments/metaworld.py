@@ -38,6 +38,7 @@ from plare_jax.data.dataset import DatasetError  # noqa: E402
 from plare_jax.labeling.store import LabelStoreError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
 from plare_jax.pipeline.run import run  # noqa: E402
+from plare_jax.methods import rlvlmf  # noqa: E402
 
 QUICK = ExperimentConfig()
 
@@ -57,6 +58,7 @@ PAPER = dataclasses.replace(
     cpl_steps=300_000,
     metrics_every=1000,
     eval_every=5000,
+    rlvlmf=rlvlmf.PAPER,
 )
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

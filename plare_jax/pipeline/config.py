@@ -14,6 +14,8 @@ import tyro
 
 from plare_jax.envs.tasks import resolve_task
 from plare_jax.methods import METHODS
+from plare_jax.methods import rlvlmf as rlvlmf_method
+from plare_jax.methods.pbc import PBCOptions
 
 # `--method` choices, from the registry (adding a method there adds it here).
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -154,6 +156,11 @@ class ExperimentConfig:
     recollect: bool = False
     """Collect the offline data again even when it is cached (replaces a corrupt or truncated cache file)."""
     vlm: VLMOptions = VLMOptions()
+    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
+    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
+    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
+    pbc: PBCOptions = PBCOptions()
+    """Percentile BC (oracle reference)."""
 
     @property
     def total_steps(self) -> int:
@@ -169,8 +176,16 @@ class ExperimentConfig:
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):
-        """The method's own options (a field named after it), or None if it has none."""
-        return getattr(self, name, None)
+        """The method's own options (a field named after it), or None if it has none.
+
+        Options with a `schedule_steps` field (a learning-rate schedule's length) get the run's
+        update budget, so the schedule follows --bc-steps/--cpl-steps.
+        """
+        options = getattr(self, name, None)
+        if dataclasses.is_dataclass(options) and any(
+                f.name == "schedule_steps" for f in dataclasses.fields(options)):
+            options = dataclasses.replace(options, schedule_steps=max(1, self.total_steps))
+        return options
 
 
 def validate(config: ExperimentConfig) -> None:
