@@ -11,8 +11,8 @@ interface (`plare_jax.methods`) on synthetic data of the quick preset's shapes (
 Then the estimated training time of one task and seed per method for the given step budget
 (reward-model steps on top for rlvlmf); evaluation and data collection are not included.
 
-    PYTHONPATH=. python benchmarks/methods.py                  # ~2 min on 2 cores
-    PYTHONPATH=. python benchmarks/methods.py --tiny           # seconds (tests)
+    python benchmarks/methods.py                  # ~2 min on 2 cores
+    python benchmarks/methods.py --tiny           # seconds (tests)
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import dataclasses
 import pathlib
 import sys
 import time
+
+if __package__ in (None, ""):  # run as `python benchmarks/methods.py`: make `benchmarks` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import tyro
@@ -189,5 +192,10 @@ def main(cfg: MethodsBenchConfig) -> dict:
     return payload
 
 
+def parse_args(argv: list[str] | None = None) -> MethodsBenchConfig:
+    """The options of this script (argv: None = the command line)."""
+    return tyro.cli(MethodsBenchConfig, args=argv)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(MethodsBenchConfig))
+    main(parse_args())

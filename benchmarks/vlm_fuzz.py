@@ -11,8 +11,8 @@ confident mismatches (a 0/1 label, or any label of a pair meant as -1, that diff
 the intent), and the pairs left failed / malformed after the first run and after one
 re-run on the same label store (which asks only the missing pairs again).
 
-    PYTHONPATH=. python benchmarks/vlm_fuzz.py                     # 600 pairs, 30% faults, ~10-20 s
-    PYTHONPATH=. python benchmarks/vlm_fuzz.py --pairs 300 --fault-rate 0.3 --seed 1
+    python benchmarks/vlm_fuzz.py                     # 600 pairs, 30% faults, ~10-20 s
+    python benchmarks/vlm_fuzz.py --pairs 300 --fault-rate 0.3 --seed 1
 """
 
 from __future__ import annotations
@@ -138,5 +138,10 @@ def main(cfg: FuzzConfig) -> dict:
     return figures
 
 
+def parse_args(argv: list[str] | None = None) -> FuzzConfig:
+    """The options of this script (argv: None = the command line)."""
+    return tyro.cli(FuzzConfig, args=argv, description=__doc__.splitlines()[0])
+
+
 if __name__ == "__main__":
-    main(tyro.cli(FuzzConfig, description=__doc__.splitlines()[0]))
+    main(parse_args())
