@@ -188,7 +188,11 @@ def _recv(conn, proc):
     while not conn.poll(1.0):
         if not proc.is_alive():
             raise RuntimeError(f"evaluation worker exited with code {proc.exitcode}; see its traceback above")
-    return conn.recv()
+    try:
+        return conn.recv()
+    except EOFError:  # the worker died after the poll: its pipe closed
+        proc.join(timeout=5)
+        raise RuntimeError(f"evaluation worker exited with code {proc.exitcode}; see its traceback above") from None
 
 
 def _write_video(path: Path, frames: list[np.ndarray], should_stop: Callable[[], bool] | None = None) -> None:
