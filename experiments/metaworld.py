@@ -25,7 +25,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import contextlib
 import dataclasses
 import pathlib
-import shutil
+import shlex
 import time
 from typing import Annotated, Literal
 
@@ -76,8 +76,15 @@ class VLMOptions:
     """vLLM data-parallel size when launching (model replicas)."""
     max_model_len: int | None = None
     """vLLM --max-model-len when launching (None: the model's default)."""
-    gpu_memory_utilization: float = 0.9
-    """vLLM --gpu-memory-utilization when launching."""
+    gpu_memory_utilization: float | None = 0.9
+    """vLLM --gpu-memory-utilization when launching (None: leave the flag out, for a CPU build)."""
+    # Launch options for a vLLM outside PATH, e.g. the CPU build of tests/vllm_cpu/install_stack.sh.
+    executable: str = "vllm"
+    """The `vllm` executable `--vlm.launch` runs: a name on PATH or a path (e.g. a venv's bin/vllm)."""
+    serve_args: str = ""
+    """More `vllm serve` arguments when launching, as one shell-quoted string joined with "=", e.g.
+    --vlm.serve-args="--dtype float32 --enforce-eager". The server also inherits this process's
+    environment (e.g. VLLM_CPU_KVCACHE_SPACE)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +253,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
+    try:
+        shlex.split(config.vlm.serve_args)
+    except ValueError as e:
+        raise ConfigError(f"--vlm.serve-args {config.vlm.serve_args!r} is not a valid shell-quoted string: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,10 +280,11 @@ def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
         vlm_config = _vlm_config(config, base_url)
         check_endpoint(vlm_config)  # raises VLMEndpointError with a clear message
         return LabelerChoice("vlm", f"endpoint {base_url}", base_url=base_url)
-    has_vllm = shutil.which("vllm") is not None
+    has_vllm = vllm_launcher.find_vllm(config.vlm.executable) is not None
     if config.vlm.launch and not has_vllm:
-        raise ConfigError("--vlm.launch needs the `vllm` executable: pip install \"plare-jax[vlm]\" "
-                          "(CUDA only), or pass --vlm.base-url of a running server")
+        raise ConfigError(f"--vlm.launch needs the `vllm` executable ({config.vlm.executable!r} not found): "
+                          "pip install \"plare-jax[vlm]\" (CUDA only), pass --vlm.executable PATH of "
+                          "another build, or pass --vlm.base-url of a running server")
     if config.vlm.launch or (config.labeler == "auto" and has_vllm
                              and vllm_launcher.local_gpu_available()):
         return LabelerChoice("vlm", f"launching vllm serve {config.vlm.model} locally", launch=True)
@@ -629,6 +641,7 @@ def run(config: ExperimentConfig) -> dict:
             config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
             data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
             gpu_memory_utilization=config.vlm.gpu_memory_utilization,
+            executable=config.vlm.executable, extra_args=shlex.split(config.vlm.serve_args),
             log_path=run_dir / "vllm.log")
         if choice.launch else contextlib.nullcontext(choice.base_url))
     task_summaries, seed_results = {}, {}

@@ -73,6 +73,8 @@ def test_paper_preset_sets_reference_settings():
         (["--labeler", "vlm"], "--vlm.base-url"),
         (["--labeler", "vlm", "--vlm.base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9"),
         (["--vlm.launch"], "--vlm.launch needs the `vllm` executable"),
+        (["--vlm.launch", "--vlm.executable", "no/such/bin/vllm"], "'no/such/bin/vllm' not found"),
+        (["--vlm.serve-args=--dtype 'float32"], "--vlm.serve-args"),
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):
