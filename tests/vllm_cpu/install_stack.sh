@@ -60,8 +60,14 @@ else
   echo "$TV_SHA256  $BUILD/$TV_TARBALL" | sha256sum -c --quiet -
   tar -xzf "$BUILD/$TV_TARBALL" -C "$BUILD"
   say "compiling torchvision's CPU operators (6-9 min on 2 cores)"
-  (cd "$HERE/torchvision_ops" && TORCHVISION_SRC="$BUILD/vision-0.14.1" MAX_JOBS=$(nproc) \
-    $LOW "$VENV/bin/python" setup.py -q build_ext --build-temp "$BUILD/obj" --build-lib "$BUILD/lib")
+  # The compiler's command lines go to a log (they are long); its tail is shown on failure.
+  if ! (cd "$HERE/torchvision_ops" && TORCHVISION_SRC="$BUILD/vision-0.14.1" MAX_JOBS=$(nproc) \
+        $LOW "$VENV/bin/python" setup.py -q build_ext --build-temp "$BUILD/obj" --build-lib "$BUILD/lib") \
+        > "$BUILD/torchvision_ops.log" 2>&1; then
+    tail -n 40 "$BUILD/torchvision_ops.log" >&2
+    echo "install_stack: compiling torchvision's operators failed (full log: $BUILD/torchvision_ops.log)" >&2
+    exit 1
+  fi
   tv_dir=$("$VENV/bin/python" -c "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])")
   install -m 755 "$BUILD"/lib/_C*.so "$tv_dir/_C.so"
   strip --strip-debug "$tv_dir/_C.so"
