@@ -123,9 +123,10 @@ def check_labels(tmp_path: pathlib.Path, proc: subprocess.CompletedProcess, mode
     assert proc.returncode == 0, output
     run_dir = tmp_path / "runs" / "vllm"
     assert json.loads((run_dir / "results.json").read_text())["labeler"] == "vlm"
-    report = json.loads((run_dir / "reach-v3" / "data_and_labels.json").read_text())["labels"]
+    report = json.loads((run_dir / "reach-v3" / "data0" / "data_and_labels.json").read_text())["labels"]
     assert report["pairs"] == NUM_PAIRS, report
-    assert report["failed"] == 0 and report["malformed"] == 0, report
+    assert report["labelled"] == NUM_PAIRS and report["failed"] == 0 and report["malformed"] == 0, report
+    assert report["structured_output_mode"] == "structured_outputs", report  # vLLM 0.32's key
     assert report["cache_hits"] == 0, report  # a fresh store: every label came from the server
     assert report["requests"] >= 2 * NUM_PAIRS, report  # two stages per pair
 
