@@ -114,3 +114,18 @@ def test_labeling_benchmark_tiny(tmp_path):
         assert r["of_ideal"] <= 1.0 + 1e-6
     assert concurrent[-1]["server_peak_rss_mib"] > 0
     assert "keyframes/s" in proc.stdout and "pairs/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_data_tiny(tmp_path):
+    """Collects a tiny misperceived dataset, trains BC briefly, and appends one JSON record."""
+    out = tmp_path / "calibration.jsonl"
+    common = ("--task", "drawer-open", "--episodes", "2", "--horizon", "30", "--workers", "1", "--out", str(out))
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "1", "--misperceive-offset", "0", "-0.07", "0",
+               "--bc", "--bc-steps", "100", "--eval-episodes", "2")
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "0")
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["config"]["misperceive_offset"] == [0.0, -0.07, 0.0]
+    assert first["data_success"]["misperceived"]["episodes"] == 2 and first["data_success"]["plain"]["episodes"] == 0
+    assert set(first["bc_success"]) == {"0"} and 0.0 <= first["bc_success"]["0"] <= 1.0
+    assert second["data_success"]["plain"]["episodes"] == 2 and second["bc_success"] == {}
