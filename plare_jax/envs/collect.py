@@ -9,11 +9,11 @@ alone, the stretches make them lose time (and often the episode). On tasks whose
 the goal from the observation, a per-episode "decoy" mode (its own random stream
 `[seed, episode, 1]`) shows the expert a shifted goal: a consistent, state-dependent mistake
 like a half-trained policy's, which BC cannot average away as it does zero-mean stretches.
-A second per-episode mode, "misperceived object" (stream `[seed, episode, 2]`), works on every
-task whose expert reads the object or handle position (all of them): for the whole episode the
-expert sees the first object's position shifted by a fixed offset, so it reaches, grasps or
-pushes beside it. The offset is the same in every misperceived episode, as a half-trained
-policy's bias is; a direction drawn per episode would be zero-mean and BC would average it away.
+A second per-episode mode, "misperceived object" (stream `[seed, episode, 2]`), works on tasks
+whose expert reads the first object's position (the four paper tasks and most others): for the
+whole episode the expert sees it shifted by a fixed offset, so it reaches, grasps or pushes
+beside it. The offset is the same in every misperceived episode, as a half-trained policy's bias
+is; a direction drawn per episode would be zero-mean, which BC is expected to average away.
 Episodes run the full horizon; they do not stop at success, so segments after a success exist.
 
 Determinism: an episode depends only on (config, episode index), never on which worker ran
