@@ -96,8 +96,8 @@ def main() -> None:
         collect_s = time.perf_counter() - started
         by_mode = success_by_mode(dataset)
         resolved = config.resolved()
-        print(f"{config.task_id} seed {config.seed}: stretch {resolved['stretch_prob']} noise {resolved['action_noise']} "
-              f"decoy {resolved['decoy_prob']} misperceive {resolved['misperceive_prob']} "
+        print(f"{config.task_id} seed {config.seed}: stretch {resolved['stretch_prob']} "
+              f"noise {resolved['action_noise']} decoy {resolved['decoy_prob']} misperceive {resolved['misperceive_prob']} "
               f"offset {resolved['misperceive_offset']} ({collect_s:.0f} s)")
         for name, group in by_mode.items():
             if group["episodes"]:
