@@ -130,3 +130,18 @@ def test_methods_benchmark_tiny(tmp_path):
     assert rlvlmf["seconds"] == pytest.approx(rlvlmf["reward_s"] + rlvlmf["iql_s"])
     assert rlvlmf["iql_s"] == pytest.approx(6000 / rows[("rlvlmf iql", 32)]["steps_per_s"])
     assert "steps/s" in proc.stdout and "training s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_data_tiny(tmp_path):
+    """Collects a tiny misperceived dataset, trains BC briefly, and appends one JSON record."""
+    out = tmp_path / "calibration.jsonl"
+    common = ("--task", "drawer-open", "--episodes", "2", "--horizon", "30", "--workers", "1", "--out", str(out))
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "1", "--misperceive-offset", "0", "-0.07", "0",
+               "--bc", "--bc-steps", "100", "--eval-episodes", "2")
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "0")
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["config"]["misperceive_offset"] == [0.0, -0.07, 0.0]
+    assert first["data_success"]["misperceived"]["episodes"] == 2 and first["data_success"]["plain"]["episodes"] == 0
+    assert set(first["bc_success"]) == {"0"} and 0.0 <= first["bc_success"]["0"] <= 1.0
+    assert second["data_success"]["plain"]["episodes"] == 2 and second["bc_success"] == {}

@@ -105,6 +105,9 @@ class ExperimentConfig:
     """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
     decoy_prob: float | None = None
     """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
+    misperceive_prob: float | None = None
+    """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
+    whole episode (None: per-task default; see docs/data_modes.md)."""
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_mistake_rate: float = 0.0
@@ -229,7 +232,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--method lists a method twice")
     if not 0.0 <= config.teacher_mistake_rate <= 1.0:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
-    for name in ("stretch_prob", "decoy_prob"):
+    for name in ("stretch_prob", "decoy_prob", "misperceive_prob"):
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
