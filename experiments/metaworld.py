@@ -36,6 +36,7 @@ from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
 from plare_jax import runs  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
 from plare_jax.pipeline.run import run  # noqa: E402
+from plare_jax.methods import rlvlmf  # noqa: E402
 
 QUICK = ExperimentConfig()
 
@@ -55,6 +56,7 @@ PAPER = dataclasses.replace(
     cpl_steps=300_000,
     metrics_every=1000,
     eval_every=5000,
+    rlvlmf=rlvlmf.PAPER,
 )
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

@@ -36,7 +36,7 @@ def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.Comp
     return proc
 
 
-@pytest.mark.parametrize("script", ["training.py", "labeling.py"])
+@pytest.mark.parametrize("script", ["training.py", "labeling.py", "methods.py"])
 def test_every_option_has_help(script):
     out = run_script(script, "--help", timeout=120).stdout
     for option in ("--tiny", "--out", "--seed"):
@@ -114,3 +114,34 @@ def test_labeling_benchmark_tiny(tmp_path):
         assert r["of_ideal"] <= 1.0 + 1e-6
     assert concurrent[-1]["server_peak_rss_mib"] > 0
     assert "keyframes/s" in proc.stdout and "pairs/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_methods_benchmark_tiny(tmp_path):
+    out = tmp_path / "methods.json"
+    proc = run_script("methods.py", "--tiny", "--iql-batch", "32", "64", "--out", str(out))
+    payload = json.loads(out.read_text())
+    rows = {(r["kind"], r["batch"]): r for r in payload["rows"]}
+    assert set(rows) == {("bc", 1024), ("plare", 32), ("rlvlmf reward", 32), ("rlvlmf iql", 32), ("rlvlmf iql", 64)}
+    assert all(r["steps_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
+    assert rows[("plare", 32)]["rows_per_step"] == 32 * 2 * 16  # tiny: 16-step segments
+    estimates = {e["method"]: e for e in payload["estimates"]}
+    rlvlmf = estimates["rlvlmf (IQL batch 32, 1000 reward steps)"]
+    assert rlvlmf["seconds"] == pytest.approx(rlvlmf["reward_s"] + rlvlmf["iql_s"])
+    assert rlvlmf["iql_s"] == pytest.approx(6000 / rows[("rlvlmf iql", 32)]["steps_per_s"])
+    assert "steps/s" in proc.stdout and "training s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_data_tiny(tmp_path):
+    """Collects a tiny misperceived dataset, trains BC briefly, and appends one JSON record."""
+    out = tmp_path / "calibration.jsonl"
+    common = ("--task", "drawer-open", "--episodes", "2", "--horizon", "30", "--workers", "1", "--out", str(out))
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "1", "--misperceive-offset", "0", "-0.07", "0",
+               "--bc", "--bc-steps", "100", "--eval-episodes", "2")
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "0")
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["config"]["misperceive_offset"] == [0.0, -0.07, 0.0]
+    assert first["data_success"]["misperceived"]["episodes"] == 2 and first["data_success"]["plain"]["episodes"] == 0
+    assert set(first["bc_success"]) == {"0"} and 0.0 <= first["bc_success"]["0"] <= 1.0
+    assert second["data_success"]["plain"]["episodes"] == 2 and second["bc_success"] == {}

@@ -69,6 +69,7 @@ def test_paper_preset_sets_reference_settings():
     [
         (["--env", "sweep-intoo"], "sweep-into"),
         (["--segment-length", "400"], "--segment-length"),
+        (["--misperceive-prob", "1.5"], "--misperceive-prob"),
         (["--bc-steps", "150", "--metrics-every", "100"], "--bc-steps"),
         (["--labeler", "vlm"], "--vlm.base-url"),
         (["--labeler", "vlm", "--vlm.base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9"),

@@ -15,6 +15,8 @@ import tyro
 
 from plare_jax.envs.tasks import resolve_task
 from plare_jax.methods import METHODS
+from plare_jax.methods import rlvlmf as rlvlmf_method
+from plare_jax.methods.pbc import PBCOptions
 
 # `--method` choices, from the registry (adding a method there adds it here).
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -113,6 +115,9 @@ class ExperimentConfig:
     """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
     decoy_prob: float | None = None
     """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
+    misperceive_prob: float | None = None
+    """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
+    whole episode (None: per-task default; see docs/data_modes.md)."""
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_mistake_rate: float = 0.0
@@ -162,6 +167,11 @@ class ExperimentConfig:
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Cache of offline datasets and the persistent label store, reused across runs."""
     vlm: VLMOptions = VLMOptions()
+    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
+    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
+    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
+    pbc: PBCOptions = PBCOptions()
+    """Percentile BC (oracle reference)."""
 
     @property
     def total_steps(self) -> int:
@@ -177,8 +187,16 @@ class ExperimentConfig:
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):
-        """The method's own options (a field named after it), or None if it has none."""
-        return getattr(self, name, None)
+        """The method's own options (a field named after it), or None if it has none.
+
+        Options with a `schedule_steps` field (a learning-rate schedule's length) get the run's
+        update budget, so the schedule follows --bc-steps/--cpl-steps.
+        """
+        options = getattr(self, name, None)
+        if dataclasses.is_dataclass(options) and any(
+                f.name == "schedule_steps" for f in dataclasses.fields(options)):
+            options = dataclasses.replace(options, schedule_steps=max(1, self.total_steps))
+        return options
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -224,7 +242,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--method lists a method twice")
     if not 0.0 <= config.teacher_mistake_rate <= 1.0:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
-    for name in ("stretch_prob", "decoy_prob"):
+    for name in ("stretch_prob", "decoy_prob", "misperceive_prob"):
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")

@@ -72,7 +72,8 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
     dataset = collect_dataset(
         CollectionConfig(task=task, num_episodes=config.num_episodes,
                          horizon=config.collection_horizon, seed=data_seed,
-                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
+                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob,
+                         misperceive_prob=config.misperceive_prob),
         cache_dir=config.cache_dir / "datasets", workers=config.workers)
     timings["data_s"] = time.perf_counter() - t0
 
