@@ -268,7 +268,7 @@ def save_recorded(
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, root / STEPS_FILE)
-    (root / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (root / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
