@@ -1,7 +1,8 @@
-"""Saving and resuming the learner state with an orbax `CheckpointManager`.
+"""Saving and resuming training states with an orbax `CheckpointManager`.
 
-Only the array part of `LearnerState` (step, phase_step, params, opt_state) is
-written, plus a small JSON record (phase, config) next to it. Restoring goes
+Any method state works: a `flax.struct.PyTreeNode` with an int `step` field. Its array
+fields (for `LearnerState`: step, phase_step, params, opt_state) are written, plus a small
+JSON record (step, and phase and config where the state has them) next to it. Restoring goes
 against the abstract tree of a freshly created target state, so the optax states
 come back as their own types (e.g. `optax.ScaleByAdamState`), not as dicts, and
 the arrays keep the target's shardings.
@@ -47,23 +48,33 @@ def make_checkpoint_manager(
     return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options, item_names=(_ARRAYS, _META))
 
 
-def _arrays(state: LearnerState) -> dict[str, Any]:
+def _arrays(state: Any) -> dict[str, Any]:
+    """The state's pytree fields by name (static fields are rebuilt from the target)."""
     return {
-        "step": state.step,
-        "phase_step": state.phase_step,
-        "params": state.params,
-        "opt_state": state.opt_state,
+        f.name: getattr(state, f.name)
+        for f in dataclasses.fields(state)
+        if f.metadata.get("pytree_node", True)
     }
 
 
+def _meta(state: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"step": int(state.step)}
+    if hasattr(state, "phase"):
+        meta["phase"] = state.phase
+    config = getattr(state, "config", None)
+    if dataclasses.is_dataclass(config):
+        meta["config"] = dataclasses.asdict(config)
+    return meta
+
+
 def save_state(
-    manager: ocp.CheckpointManager, state: LearnerState, *, force: bool = False, wait: bool = True
+    manager: ocp.CheckpointManager, state: Any, *, force: bool = False, wait: bool = True
 ) -> bool:
     """Saves `state` at its global step.
 
     Args:
       manager: from `make_checkpoint_manager`.
-      state: the learner state.
+      state: the learner state (or any method state with a `step` field).
       force: save even if the manager's interval would skip this step.
       wait: block until the (asynchronous) write has finished.
 
@@ -71,7 +82,7 @@ def save_state(
       Whether a checkpoint was written.
     """
     step = int(state.step)
-    meta = {"phase": state.phase, "step": step, "config": dataclasses.asdict(state.config)}
+    meta = _meta(state)
     saved = manager.save(
         step,
         args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardSave(_arrays(state)), _META: ocp.args.JsonSave(meta)}),
@@ -87,7 +98,7 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
     return manager.latest_step()
 
 
-def restore_state(manager: ocp.CheckpointManager, target: LearnerState, step: int | None = None) -> LearnerState:
+def restore_state(manager: ocp.CheckpointManager, target: Any, step: int | None = None) -> Any:
     """Restores a saved state into the structure of `target`.
 
     Args:
@@ -113,10 +124,11 @@ def restore_state(manager: ocp.CheckpointManager, target: LearnerState, step: in
         args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}),
     )
     meta = restored[_META]
-    if meta.get("phase") not in PHASES:
+    if isinstance(target, LearnerState) and meta.get("phase") not in PHASES:
         raise ValueError(f"checkpoint {step} has unknown phase {meta.get('phase')!r}")
     saved_config = meta.get("config", {})
-    target_config = dataclasses.asdict(target.config)
+    config = getattr(target, "config", None)
+    target_config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
     differing = sorted(
         k for k in target_config if k in saved_config and _normalise(saved_config[k]) != _normalise(target_config[k])
     )
@@ -125,7 +137,9 @@ def restore_state(manager: ocp.CheckpointManager, target: LearnerState, step: in
         # (orbax would already have failed on shapes). Report rather than refuse.
         warnings.warn(f"restoring checkpoint {step} into a state whose config differs in {differing}", stacklevel=2)
     arrays = restored[_ARRAYS]
-    return target.replace(phase=meta["phase"], **arrays)
+    if "phase" in meta and hasattr(target, "phase"):
+        return target.replace(phase=meta["phase"], **arrays)
+    return target.replace(**arrays)
 
 
 def _normalise(value: Any) -> Any:

@@ -1,0 +1,24 @@
+"""Training methods, one module each, all with the interface of `base.Method`.
+
+Adding a method: write its module with a `METHOD` object and add it to `_ALL` below.
+"""
+
+from plare_jax.methods import bc, plare
+from plare_jax.methods.base import Method, PolicyFn, TrainingData
+
+_ALL = (plare.METHOD, bc.METHOD)
+METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+
+# The shared behaviour-cloning phase that methods with `starts_from_bc_phase` continue from.
+BC_PHASE = bc.METHOD
+
+
+def get_method(name: str) -> Method:
+    """The method registered under `name`; a clear error lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "BC_PHASE", "Method", "PolicyFn", "TrainingData", "get_method"]

@@ -1,0 +1,247 @@
+"""The MetaWorld experiment's options: one frozen dataclass (tyro turns it into the CLI).
+
+Attribute docstrings are the `--help` text. The presets (quick for a 2-core CPU, paper for the
+reference settings) live in experiments/metaworld.py; the defaults here are the quick preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Annotated, Literal
+
+import tyro
+
+from plare_jax.envs.tasks import resolve_task
+from plare_jax.methods import METHODS
+
+# `--method` choices, from the registry (adding a method there adds it here).
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+
+
+class ConfigError(ValueError):
+    """An option value that cannot work; raised before any work is done."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMOptions:
+    """How to reach the vision-language model that labels the pairs."""
+
+    base_url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 from `vllm serve`. Falls back to the
+    PLARE_VLM_BASE_URL environment variable."""
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Model name as served by the endpoint (and the model `--vlm.launch` starts)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never logged); vLLM needs none."""
+    concurrency: int = 32
+    """Requests in flight at once."""
+    timeout_s: float = 120.0
+    """Per-request timeout in seconds."""
+    max_retries: int = 3
+    """Retries per request on 429/5xx/timeouts and malformed answers, with backoff."""
+    task_text: str | None = None
+    """Override the goal text put in the prompt (built in for the four paper tasks)."""
+    launch: bool = False
+    """Start `vllm serve MODEL` on this machine's GPU for the labeling stage, and stop it after."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor-parallel size when launching (GPUs per model replica)."""
+    data_parallel_size: int = 1
+    """vLLM data-parallel size when launching (model replicas)."""
+    max_model_len: int | None = None
+    """vLLM --max-model-len when launching (None: the model's default)."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM --gpu-memory-utilization when launching."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """PLARE (CPL on VLM preference labels) against its baselines on MetaWorld offline data."""
+
+    env: tuple[str, ...] = ("sweep-into",)
+    """MetaWorld v3 task(s), e.g. sweep-into drawer-open door-open plate-slide (any v3 task; the -v3
+    suffix is optional)."""
+    preset: Literal["quick", "paper"] = "quick"
+    """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
+    method: tuple[MethodName, ...] = ("plare", "bc")
+    """Methods to train, all on the same data and labels. plare, bc and sft continue one shared BC
+    phase (bc keeps cloning, so every method gets the same number of policy updates); methods that
+    start from scratch (rlvlmf, pbc) run bc-steps + cpl-steps updates. pbc reads the simulator's
+    returns: an oracle reference, not a competitor."""
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
+    """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
+    labeler: Literal["auto", "vlm", "scripted"] = "auto"
+    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
+    scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
+    unsure: Literal["drop", "tie"] = "drop"
+    """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
+
+    # Offline data and pairs.
+    num_episodes: int = 120
+    """Episodes of mixed-quality data to collect per task."""
+    collection_horizon: int = 250
+    """Steps per collected episode."""
+    data_seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--data-seed",))] = (0,)
+    """Seeds of the offline data and of the pair sampling and labels (each shared by all training
+    seeds). Develop on data seed 0; report on data seeds development never looked at, e.g.
+    `--data-seeds 1 2 --seeds 0 1 2` (6 runs per task and method)."""
+    num_pairs: int = 2000
+    """Labelled segment pairs per task."""
+    segment_length: int = 64
+    """Steps per segment."""
+    num_keyframes: int = 3
+    """Keyframes per segment tiled into each image shown to the VLM."""
+    teacher: Literal["progress", "return"] = "progress"
+    """What the scripted teacher compares (and what label accuracy is measured against):
+    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
+    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
+    ranks the task phase a segment is in rather than how good its actions are)."""
+    stretch_prob: float | None = None
+    """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
+    decoy_prob: float | None = None
+    """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
+    teacher_equal_threshold: float = 0.0
+    """Scripted teacher: score gaps at or below this are 'unsure'."""
+    teacher_mistake_rate: float = 0.0
+    """Scripted teacher: probability of flipping a label (simulates an imperfect labeller)."""
+
+    # Policy and updates.
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the policy MLP."""
+    dropout_rate: float = 0.25
+    """Dropout rate of the policy MLP."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (both phases)."""
+    warmup_steps: int = 500
+    """Linear learning-rate warm-up steps, restarted at the BC -> CPL switch."""
+    batch_pairs: int = 32
+    """CPL phase: segment pairs per update."""
+    bc_batch_size: int = 1024
+    """BC phase: (observation, action) rows per update."""
+    alpha: float = 0.1
+    """CPL temperature: segment score = alpha * sum_t log pi(a_t|s_t)."""
+    bias: float = 0.5
+    """CPL conservative bias lambda (< 1 keeps the loss strictly convex)."""
+    bc_steps: int = 3000
+    """Behaviour-cloning update steps (phase 1)."""
+    cpl_steps: int = 3000
+    """CPL update steps (phase 2); bc and sft run as many second-phase steps."""
+    metrics_every: int = 100
+    """Training metrics are averaged and fetched from the device every this many steps."""
+
+    # Evaluation and outputs.
+    eval_every: int = 1000
+    """Evaluate every this many update steps (and at the end of each phase)."""
+    eval_episodes: int = 25
+    """Episodes per evaluation (success = ever successful)."""
+    eval_horizon: int = 250
+    """Steps per evaluation episode (the reference used 250)."""
+    video: bool = True
+    """Write a short video of the final policy of each method (first seed)."""
+    workers: int | None = None
+    """Worker processes for collection, rendering and evaluation (default: all cores)."""
+    out_dir: pathlib.Path = pathlib.Path("runs")
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name (default: timestamp and task). An existing run is never overwritten."""
+    resume: pathlib.Path | None = None
+    """Continue an interrupted run directory (its stored config is used; other options are ignored)."""
+    cache_dir: pathlib.Path = pathlib.Path("data")
+    """Cache of offline datasets and the persistent label store, reused across runs."""
+    vlm: VLMOptions = VLMOptions()
+
+    @property
+    def total_steps(self) -> int:
+        return self.bc_steps + self.cpl_steps
+
+    @property
+    def runs_per_cell(self) -> int:
+        """Independent runs behind each (task, method) result."""
+        return len(self.data_seeds) * len(self.seeds)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(resolve_task(name) for name in self.env)
+
+    def method_options(self, name: str):
+        """The method's own options (a field named after it), or None if it has none."""
+        return getattr(self, name, None)
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Fail fast on impossible sizes, before anything is computed."""
+    positive = ["num_episodes", "collection_horizon", "num_pairs", "segment_length", "num_keyframes",
+                "batch_pairs", "bc_batch_size", "metrics_every", "eval_every", "eval_episodes",
+                "eval_horizon"]
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("bc_steps", "cpl_steps"):
+        value = getattr(config, name)
+        if value < 0 or value % config.metrics_every:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} ({value}) must be a non-negative multiple of "
+                f"--metrics-every ({config.metrics_every})")
+    if config.eval_every % config.metrics_every:
+        raise ConfigError(f"--eval-every ({config.eval_every}) must be a multiple of "
+                          f"--metrics-every ({config.metrics_every})")
+    if config.segment_length > config.collection_horizon:
+        raise ConfigError(f"--segment-length ({config.segment_length}) is longer than an episode "
+                          f"(--collection-horizon {config.collection_horizon})")
+    if config.num_keyframes > config.segment_length:
+        raise ConfigError("--num-keyframes cannot exceed --segment-length")
+    if not config.env:
+        raise ConfigError("--env needs at least one task")
+    if not config.seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    if not config.data_seeds:
+        raise ConfigError("--data-seeds needs at least one seed")
+    for name in ("seeds", "data_seeds"):
+        values = getattr(config, name)
+        if any(v < 0 for v in values):
+            raise ConfigError(f"--{name.replace('_', '-')} must be non-negative integers, got {list(values)}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--{name.replace('_', '-')} lists a seed twice: {list(values)}")
+    if not config.method:
+        raise ConfigError("--method needs at least one method")
+    unknown = [m for m in config.method if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--method: unknown {unknown}; known: {', '.join(METHODS)}")
+    if len(set(config.method)) != len(config.method):
+        raise ConfigError("--method lists a method twice")
+    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
+        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
+    for name in ("stretch_prob", "decoy_prob"):
+        value = getattr(config, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if not 0.0 < config.bias <= 1.0:
+        raise ConfigError("--bias must be in (0, 1]")
+    if config.vlm.concurrency <= 0:
+        raise ConfigError("--vlm.concurrency must be positive")
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    """Rebuild a stored config.json (lists back to tuples, paths back to Paths, nested options)."""
+    fields = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+    defaults = ExperimentConfig()
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields and name != "data_seed":
+            continue
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _nested_from_dict(type(default), value)
+        elif name == "data_seed":  # run dirs written before --data-seeds existed
+            name, value = "data_seeds", (value,)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif name in ("out_dir", "cache_dir", "resume") and value is not None:
+            value = pathlib.Path(value)
+        kwargs[name] = value
+    return ExperimentConfig(**kwargs)
+
+
+def _nested_from_dict(cls, values: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

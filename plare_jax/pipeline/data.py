@@ -1,0 +1,97 @@
+"""The data stage: offline dataset -> segment pairs -> labels -> `TrainingData` for every method."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+
+import numpy as np
+
+from plare_jax.data.dataset import OfflineDataset
+from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
+from plare_jax.envs.collect import CollectionConfig, collect_dataset
+from plare_jax.labeling.base import PairBatch, preferences_to_targets
+from plare_jax.labeling.report import format_report, labeling_report
+from plare_jax.labeling.scripted import ScriptedTeacher
+from plare_jax.methods.base import TrainingData
+from plare_jax.pipeline.config import ExperimentConfig
+from plare_jax.pipeline.labels import LabelerChoice, label_pairs, teacher_scores
+from plare_jax.runs import write_json_atomic
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Everything the methods need for one task, plus what the results report about it."""
+
+    task: str
+    training: TrainingData
+    summary: dict
+
+
+def training_data(dataset: OfflineDataset, pairs: SegmentPairs, preferences: np.ndarray, *,
+                  unsure: str, episode_scores: np.ndarray | None) -> TrainingData:
+    """Arrays every method may train on, from a dataset, its labelled pairs and the labels.
+
+    Pure numpy: the same function serves any dataset with observations, actions and episode ids
+    (recorded robot data included; pass `episode_scores=None` when there is no ground truth).
+    """
+    labels, weights = preferences_to_targets(preferences, unsure=unsure)
+    episode_ids = np.asarray(dataset.episode_ids)
+    n = episode_ids.shape[0]
+    # The successor of row i is row i+1 unless i ends its episode (episodes are contiguous).
+    has_next = np.zeros(n, dtype=bool)
+    has_next[:-1] = episode_ids[1:] == episode_ids[:-1]
+    next_rows = np.where(has_next, np.arange(n) + 1, np.arange(n))
+    pair_rows = pairs.starts[..., None] + np.arange(pairs.length)
+    observations = np.asarray(dataset.observations, np.float32)
+    actions = np.asarray(dataset.actions, np.float32)
+    return TrainingData(
+        observations=observations,
+        actions=actions,
+        next_observations=observations[next_rows],
+        has_next=has_next,
+        terminals=np.zeros(n, np.float32),  # time-limit ends only: never a true terminal
+        episode_ids=episode_ids.astype(np.int32),
+        pair_observations=observations[pair_rows],
+        pair_actions=actions[pair_rows],
+        labels=np.asarray(labels, np.float32),
+        weights=np.asarray(weights, np.float32),
+        pair_mask=np.ones(pair_rows.shape, np.float32),
+        pair_rows=pair_rows.astype(np.int64),
+        episode_scores=None if episode_scores is None else np.asarray(episode_scores, np.float32),
+    )
+
+
+def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, data_seed: int,
+                 base_url: str | None, data_dir: pathlib.Path) -> TaskData:
+    """Dataset -> pairs -> labels for one task and data seed; cached stages load in seconds."""
+    timings = {}
+    t0 = time.perf_counter()
+    dataset = collect_dataset(
+        CollectionConfig(task=task, num_episodes=config.num_episodes,
+                         horizon=config.collection_horizon, seed=data_seed,
+                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
+        cache_dir=config.cache_dir / "datasets", workers=config.workers)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
+                                 rng=np.random.default_rng(data_seed))
+    preferences, stats = label_pairs(config, choice, task, dataset, pairs, base_url,
+                                     config.cache_dir / "labels.sqlite", data_seed=data_seed)
+    timings["labels_s"] = time.perf_counter() - t0
+
+    oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
+                                     progress=False)
+    report = labeling_report(preferences, oracle.preferences, stats)
+    print(f"[{task} data seed {data_seed}] labels ({choice.kind}):\n{format_report(report)}")
+
+    # pbc's oracle score per episode: the simulator's return (it reads ground truth by design).
+    training = training_data(dataset, pairs, preferences, unsure=config.unsure,
+                             episode_scores=dataset.episode_returns)
+    report["trained_pairs"] = training.num_trained_pairs
+    summary = {"data_seed": data_seed, "dataset": dataset.card, "labels": report, "timings": timings}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(data_dir / "data_and_labels.json", summary)
+    return TaskData(task, training, summary)

@@ -1,0 +1,121 @@
+"""The labeling stage: choose the labeler, then label segment pairs (scripted teacher or VLM)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from typing import Literal
+
+import numpy as np
+
+from plare_jax.data.segments import SegmentPairs
+from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
+from plare_jax.labeling import launcher as vllm_launcher
+from plare_jax.labeling.base import PairBatch
+from plare_jax.labeling.scripted import ScriptedTeacher
+from plare_jax.labeling.store import LabelStore
+from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, task_text
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig
+
+VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelerChoice:
+    kind: Literal["vlm", "scripted"]
+    reason: str
+    base_url: str | None = None
+    launch: bool = False
+
+
+def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
+    """Resolve --labeler auto/vlm/scripted to what will run, checking a given endpoint at once."""
+    if config.labeler == "scripted":
+        return LabelerChoice("scripted", "requested with --labeler scripted")
+    base_url = config.vlm.base_url or os.environ.get(VLM_BASE_URL_ENV)
+    if base_url:
+        check_endpoint(vlm_config(config, base_url))  # raises VLMEndpointError with a clear message
+        return LabelerChoice("vlm", f"endpoint {base_url}", base_url=base_url)
+    has_vllm = shutil.which("vllm") is not None
+    if config.vlm.launch and not has_vllm:
+        raise ConfigError("--vlm.launch needs the `vllm` executable: pip install \"plare-jax[vlm]\" "
+                          "(CUDA only), or pass --vlm.base-url of a running server")
+    if config.vlm.launch or (config.labeler == "auto" and has_vllm
+                             and vllm_launcher.local_gpu_available()):
+        return LabelerChoice("vlm", f"launching vllm serve {config.vlm.model} locally", launch=True)
+    if config.labeler == "vlm":
+        raise ConfigError(
+            "--labeler vlm needs a VLM: pass --vlm.base-url http://HOST:PORT/v1 (or set "
+            f"{VLM_BASE_URL_ENV}) for a running OpenAI-compatible server such as `vllm serve`, or "
+            "--vlm.launch on a machine with a GPU and `pip install \"plare-jax[vlm]\"`")
+    return LabelerChoice(
+        "scripted",
+        "no VLM endpoint configured and no local GPU with vLLM: labels come from the simulator's "
+        f"reward (scripted teacher). For VLM labels pass --vlm.base-url (or set {VLM_BASE_URL_ENV}) "
+        "or run with --vlm.launch on a GPU machine")
+
+
+def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
+    return VLMConfig(
+        base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
+        concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,
+        max_retries=config.vlm.max_retries,
+    )
+
+
+def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
+    """[P, 2] ground-truth score per segment that the scripted teacher compares."""
+    return pairs.progress if config.teacher == "progress" else pairs.returns
+
+
+def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, dataset, pairs: SegmentPairs,
+                base_url: str | None, label_store_path, *, data_seed: int) -> tuple[np.ndarray, dict]:
+    """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics."""
+    goal_text = task_text(task, config.vlm.task_text)
+    if choice.kind == "scripted":
+        teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
+                                  mistake_rate=config.teacher_mistake_rate, seed=data_seed)
+        result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
+                               progress=False)
+        return result.preferences, result.stats
+    render_config = RenderConfig(num_keyframes=config.num_keyframes)
+    labeler_config = vlm_config(config, base_url)
+    preferences, stats_list = [], []
+    chunk = 512  # render then label in chunks: bounded memory, and labels are stored as they come
+    with LabelStore(label_store_path) as store:
+        labeler = VLMLabeler(labeler_config, store=store)
+        for begin in range(0, len(pairs.starts), chunk):
+            index = np.arange(begin, min(begin + chunk, len(pairs.starts)))
+            images = render_pair_images(dataset, pairs.take(index), render_config,
+                                        workers=config.workers)
+            png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
+            result = labeler.label(PairBatch(goal_text, images=png_pairs))
+            preferences.append(result.preferences)
+            stats_list.append(result.stats)
+    return np.concatenate(preferences), merge_stats(stats_list)
+
+
+_SUMMED_STATS = ("pairs", "queried_pairs", "cache_hits", "requests", "retries", "malformed", "failed",
+                 "unsure", "prompt_tokens", "completion_tokens", "wall_s")
+
+
+def merge_stats(stats_list: list[dict]) -> dict:
+    """One labeling report's statistics from per-chunk statistics.
+
+    Counts and wall time add up and rates are recomputed from them; a latency percentile is the
+    largest of the chunks' (an upper bound: chunks cannot be merged exactly); anything else
+    (model, prompt version, concurrency) is the same in every chunk.
+    """
+    merged = dict(stats_list[0])
+    for name in _SUMMED_STATS:
+        if name in merged:
+            merged[name] = sum(stats.get(name) or 0 for stats in stats_list)
+    for name in merged:
+        if name.startswith("latency_"):
+            merged[name] = max(stats[name] for stats in stats_list)
+    wall = merged.get("wall_s") or 0.0
+    if wall > 0:
+        merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall
+        merged["requests_per_s"] = merged.get("requests", 0) / wall
+    return merged

@@ -1,0 +1,92 @@
+"""The whole MetaWorld experiment for a resolved config: every stage, resumable, in one call."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sys
+
+from plare_jax import plotting, runs
+from plare_jax.labeling import launcher as vllm_launcher
+from plare_jax.pipeline.config import ExperimentConfig, config_from_dict, validate
+from plare_jax.pipeline.data import prepare_task
+from plare_jax.pipeline.labels import choose_labeler
+from plare_jax.pipeline.results import eval_curves, format_table, summarize
+from plare_jax.pipeline.train import train_seed
+
+RESUME_COMMAND = "python experiments/metaworld.py --resume {run_dir}"
+
+
+def unit_dir(run_dir: pathlib.Path, task: str, data_seed: int, seed: int | None = None) -> pathlib.Path:
+    """Where one task's data seed (and one training seed under it) keeps its files."""
+    path = run_dir / task / f"data{data_seed}"
+    return path if seed is None else path / f"seed{seed}"
+
+
+def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
+    if not (run_dir / "config.json").exists():
+        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
+    return config_from_dict(runs.read_json(run_dir / "config.json"))
+
+
+def run(config: ExperimentConfig) -> dict:
+    """Data and labels per task, then every seed and method; writes the run directory."""
+    resume_dir = config.resume
+    if resume_dir is not None:
+        config = load_resumed_config(resume_dir)
+        print(f"resuming {resume_dir} with its stored config")
+    # Everything that can be wrong with the options fails here, before any work.
+    validate(config)
+    tasks = config.tasks  # raises UnknownTaskError
+    runs.check_writable(config.cache_dir)
+    choice = choose_labeler(config)
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        name = config.run_name or runs.default_run_name("-".join(config.env))
+        run_dir = runs.create_run_dir(config.out_dir / name, config)
+    print(f"run directory: {run_dir}")
+    print(f"labeler: {choice.kind} ({choice.reason})")
+
+    launch_context = (
+        vllm_launcher.launch_vllm(
+            config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
+            data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
+            gpu_memory_utilization=config.vlm.gpu_memory_utilization,
+            log_path=run_dir / "vllm.log")
+        if choice.launch else contextlib.nullcontext(choice.base_url))
+    task_summaries, seed_results = {}, {}
+    try:
+        datas = {}
+        with launch_context as base_url:  # the VLM server lives only for the labeling stage
+            for task in tasks:
+                task_summaries[task] = {}
+                for data_seed in config.data_seeds:
+                    data = prepare_task(config, choice, task, data_seed, base_url,
+                                        unit_dir(run_dir, task, data_seed))
+                    datas[task, data_seed] = data
+                    task_summaries[task][data_seed] = data.summary
+        for task in tasks:
+            seed_results[task] = {}
+            for data_seed in config.data_seeds:
+                for seed in config.seeds:
+                    first_run = (data_seed, seed) == (config.data_seeds[0], config.seeds[0])
+                    seed_results[task][data_seed, seed] = train_seed(
+                        config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
+                        video_dir=run_dir / task if first_run and config.video else None)
+                    results = summarize(config, choice.kind, choice.reason, task_summaries,
+                                        seed_results)
+                    runs.write_json_atomic(run_dir / "results.json", results)
+                del datas[task, data_seed]  # free device memory before the next one
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything finished so far is saved; continue with\n  "
+              + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)
+        raise SystemExit(130)
+
+    plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
+                                  phase_switch_step=config.bc_steps)
+    table = format_table(results)
+    (run_dir / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}")
+    return results

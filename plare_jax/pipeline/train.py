@@ -1,0 +1,155 @@
+"""The training stage: the shared BC phase, then every method, with evaluations and checkpoints.
+
+Every method goes through `run_branch`, so evaluation episodes, checkpoints, metrics records and
+resumption are the same for all of them. Randomness depends only on (seed, step): an interrupted
+and resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from plare_jax import checkpoint as ckpt
+from plare_jax import runs
+from plare_jax.envs import evaluate as envs_evaluate
+from plare_jax.learner import LearnerConfig
+from plare_jax.methods import BC_PHASE, Method, get_method
+from plare_jax.pipeline.config import ExperimentConfig
+from plare_jax.pipeline.data import TaskData
+
+SHARED_BC_BRANCH = "bc_phase"
+
+
+def learner_config(config: ExperimentConfig) -> LearnerConfig:
+    """The policy network and optimizer settings every method's policy uses."""
+    return LearnerConfig(
+        hidden_dims=tuple(config.hidden_dims), dropout_rate=config.dropout_rate,
+        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        batch_pairs=config.batch_pairs, bc_batch_size=config.bc_batch_size,
+        alpha=config.alpha, bias=config.bias,
+    )
+
+
+def evaluate(config: ExperimentConfig, task: str, policy_fn, seed: int,
+             video_path: pathlib.Path | None = None):
+    return envs_evaluate.evaluate_policy(
+        task, policy_fn, num_episodes=config.eval_episodes, horizon=config.eval_horizon,
+        seed=10_000 + seed,  # the same episodes for every method and step: paired comparisons
+        workers=config.workers, video_path=video_path, progress=False)
+
+
+def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, *, branch: str,
+               start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
+               log: runs.MetricsLog, video_path: pathlib.Path | None = None):
+    """Train one branch (the shared BC phase, or a method) with evaluations and checkpoints.
+
+    `video_path`: record the branch's final evaluation there (no extra evaluation episodes).
+    Resumable: restores the branch's latest checkpoint and continues from there.
+    """
+    manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
+    end_step = start_step + num_steps
+    step = start_step
+    latest = ckpt.latest_step(manager)
+    if latest is not None:
+        state = ckpt.restore_state(manager, state, step=latest)
+        step = latest
+    # Records written after the last checkpoint (an interrupted attempt) are redone below.
+    log.drop(lambda r: r.get("branch") == branch and r["step"] > step)
+    train_data = method.device_data(state, data.training)
+    base_key = jax.random.key(seed)
+    bar = tqdm(total=num_steps, initial=step - start_step, desc=f"{data.task} seed {seed} {branch}",
+               unit="step", leave=False)
+    try:
+        while step < end_step:
+            chunk = min(config.eval_every - (step % config.eval_every), end_step - step)
+            key = jax.random.fold_in(base_key, step)
+            state, metrics = method.train(state, train_data, key, chunk,
+                                          metrics_every=config.metrics_every)
+            metrics = jax.device_get(metrics)
+            for i in range(chunk // config.metrics_every):
+                log.append({"branch": branch, "step": step + (i + 1) * config.metrics_every,
+                            **{k: float(np.asarray(v)[i]) for k, v in metrics.items()}})
+            step += chunk
+            bar.update(chunk)
+            result = evaluate(config, data.task, method.policy_fn(state), seed,
+                              video_path=video_path if step == end_step else None)
+            log.append({"branch": branch, "step": step, "eval": True,
+                        "success_rate": result.success_rate, "mean_return": result.mean_return})
+            bar.set_postfix(success=f"{result.success_rate:.2f}")
+            ckpt.save_state(manager, state, force=True)
+    finally:
+        bar.close()
+        manager.close()
+    return state
+
+
+def method_evals(records: list[dict], method: Method) -> list[dict]:
+    """Evaluation records of `method` in step order, the shared BC phase included if it continues it."""
+    branches = {method.name} | ({SHARED_BC_BRANCH} if method.starts_from_bc_phase else set())
+    evals = [r for r in records if r.get("eval") and r["branch"] in branches]
+    return sorted(evals, key=lambda r: r["step"])
+
+
+def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
+               video_dir: pathlib.Path | None = None) -> dict:
+    """The shared BC phase (if any method continues it), then each method; per-method results.
+
+    `video_dir`: write a video of each method's final evaluation there (one run per task does).
+    """
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    done_path = unit_dir / "result.json"
+    if done_path.exists():  # finished before an interruption: nothing to redo
+        return runs.read_json(done_path)
+    log = runs.MetricsLog(unit_dir / "metrics.jsonl")
+    policy_config = learner_config(config)
+    methods = [get_method(name) for name in config.method]
+    timings = {}
+
+    bc_state = None
+    if any(m.starts_from_bc_phase for m in methods):
+        t0 = time.perf_counter()
+        bc_state = BC_PHASE.create(jax.random.key(seed), policy_config, data.training, init=None)
+        bc_state = run_branch(config, data, BC_PHASE, bc_state, branch=SHARED_BC_BRANCH, start_step=0,
+                              num_steps=config.bc_steps, seed=seed, unit_dir=unit_dir, log=log)
+        timings["shared_bc_phase_s"] = time.perf_counter() - t0
+
+    results = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        if method.starts_from_bc_phase:
+            start_step, num_steps = config.bc_steps, config.cpl_steps
+        else:
+            start_step, num_steps = 0, config.total_steps
+        state = method.create(jax.random.key(seed), policy_config, data.training,
+                              init=bc_state if method.starts_from_bc_phase else None,
+                              options=config.method_options(method.name))
+        video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
+        state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
+                           num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
+                           video_path=video_path)
+        timings[f"{method.name}_s"] = time.perf_counter() - t0
+        evals = method_evals(log.read(), method)
+        final = evals[-1] if evals else evaluate_final(config, data, method, state, seed)
+        results[method.name] = {"success_rate": final["success_rate"],
+                                "mean_return": final["mean_return"], "step": final["step"],
+                                **method.report(state, data.training)}
+        if video_path is not None:
+            if not video_path.exists():  # branch finished before a resume, or no steps to run
+                evaluate(config, data.task, method.policy_fn(state), seed, video_path=video_path)
+            results[method.name]["video"] = video_path.name
+    result = {"seed": seed, "data_seed": data.summary.get("data_seed"), "methods": results,
+              "timings": timings}
+    runs.write_json_atomic(done_path, result)
+    return result
+
+
+def evaluate_final(config: ExperimentConfig, data: TaskData, method: Method, state, seed: int) -> dict:
+    """An evaluation of a branch that ran no steps (e.g. --cpl-steps 0)."""
+    result = evaluate(config, data.task, method.policy_fn(state), seed)
+    return {"success_rate": result.success_rate, "mean_return": result.mean_return,
+            "step": int(state.step)}
