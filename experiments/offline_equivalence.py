@@ -109,7 +109,7 @@ def main(cfg: EquivalenceConfig) -> dict:
     dataset = collect_dataset(CollectionConfig(task=task, num_episodes=cfg.num_episodes,
                                                horizon=cfg.collection_horizon, seed=0),
                               cache_dir=cfg.cache_dir / "datasets", workers=cfg.workers)
-    recorded_dir = export_metaworld(dataset, cfg.out_dir / "recorded", workers=cfg.workers)
+    recorded_dir = export_metaworld(dataset, cfg.out_dir / "data", workers=cfg.workers)
     timings["export_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -158,9 +158,11 @@ def main(cfg: EquivalenceConfig) -> dict:
         policy = load_policy(cfg.out_dir / "recorded" / f"seed{cfg.seed}" / "export" / method / "policy.npz")
         result = evaluate_policy(task, policy.act, num_episodes=cfg.eval_episodes, horizon=250,
                                  seed=10_000 + cfg.seed, workers=cfg.workers, progress=False)
-        mw_final = mw_results["tasks"][task]["methods"][method]
+        mw_final = mw_results["tasks"][task]["methods"][method]["runs"][0]
         evaluation[method] = {"exported_policy_success": result.success_rate,
-                              "metaworld_path_success": mw_final["success"]["mean"]}
+                              "metaworld_path_success": mw_final["success_rate"],
+                              "exported_policy_mean_return": result.mean_return,
+                              "metaworld_path_mean_return": mw_final["mean_return"]}
     timings["evaluation_s"] = time.perf_counter() - t0
     summary = {"task": task, "checks": checks, "params": params, "evaluation_in_metaworld": evaluation,
                "config": {k: (str(v) if isinstance(v, pathlib.Path) else v)

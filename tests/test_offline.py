@@ -199,4 +199,6 @@ def test_recorded_path_reproduces_the_metaworld_path(tmp_path):
         assert summary["params"][method]["steps"] == [200, 200]
         evaluation = summary["evaluation_in_metaworld"][method]
         assert evaluation["exported_policy_success"] == evaluation["metaworld_path_success"]
+        assert evaluation["exported_policy_mean_return"] == pytest.approx(evaluation["metaworld_path_mean_return"],
+                                                                          rel=1e-4)
     shutil.rmtree(tmp_path / "eq")
