@@ -202,3 +202,17 @@ def test_recorded_path_reproduces_the_metaworld_path(tmp_path):
         assert evaluation["exported_policy_mean_return"] == pytest.approx(evaluation["metaworld_path_mean_return"],
                                                                           rel=1e-4)
     shutil.rmtree(tmp_path / "eq")
+
+
+@pytest.mark.slow
+def test_recorded_path_never_imports_the_simulator(tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    code = ("import sys; sys.path.insert(0, %r); import experiments.offline as o; "
+            "rc = o.cli(%r); "
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('mujoco', 'metaworld')]; "
+            "assert rc == 0 and not loaded, (rc, loaded)") % (
+        str(REPO), ["--data", str(data), "--out-dir", str(tmp_path / "runs"), *TINY])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

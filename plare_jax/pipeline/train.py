@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from plare_jax import checkpoint as ckpt
 from plare_jax import runs
-from plare_jax.envs import evaluate as envs_evaluate
 from plare_jax.learner import LearnerConfig
 from plare_jax.methods import BC_PHASE, Method, PolicyFn, get_method
 from plare_jax.pipeline.config import ExperimentConfig
@@ -44,6 +43,8 @@ def learner_config(config: ExperimentConfig) -> LearnerConfig:
 
 def evaluate(config: ExperimentConfig, task: str, policy_fn, seed: int,
              video_path: pathlib.Path | None = None):
+    from plare_jax.envs import evaluate as envs_evaluate  # MetaWorld only: recorded-data runs never import it
+
     return envs_evaluate.evaluate_policy(
         task, policy_fn, num_episodes=config.eval_episodes, horizon=config.eval_horizon,
         seed=10_000 + seed,  # the same episodes for every method and step: paired comparisons
