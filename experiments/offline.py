@@ -1,7 +1,6 @@
 """PLARE on your own recorded robot data: no simulator needed.
 
-    python experiments/offline.py --data PATH --task-text "open the drawer" --labeler vlm \
-        --vlm.base-url http://127.0.0.1:8000/v1
+    python experiments/offline.py --data PATH --task-text "open the drawer" --labeler vlm --vlm.base-url URL
 
 recorded dataset (card.json + steps.npz + frames or videos; validated before anything else) ->
 segment pairs -> VLM labels on keyframes from the stored frames (or the scripted teacher on

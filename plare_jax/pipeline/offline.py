@@ -124,10 +124,6 @@ class OfflineConfig:
     """Steps per environment evaluation episode."""
 
     # Outputs.
-    workers: int | None = None
-    """Worker processes (unused by the recorded path; kept for the shared pipeline)."""
-    video: bool = False
-    """Unused by the recorded path (no simulator to film)."""
     out_dir: pathlib.Path = pathlib.Path("runs")
     """Parent directory of run directories."""
     run_name: str | None = None
