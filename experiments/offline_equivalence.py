@@ -40,25 +40,25 @@ class EquivalenceConfig:
 
     env: str = "drawer-open"
     """MetaWorld v3 task."""
-    num_episodes: int = 20
+    num_episodes: int = 40
     """Episodes of offline data."""
-    collection_horizon: int = 150
+    collection_horizon: int = 250
     """Steps per episode."""
-    num_pairs: int = 300
+    num_pairs: int = 500
     """Labelled segment pairs."""
-    segment_length: int = 32
+    segment_length: int = 64
     """Steps per segment."""
     num_keyframes: int = 3
     """Keyframes per segment image (compared between the two paths)."""
     image_pairs: int = 20
     """Pairs whose keyframe images are compared byte for byte."""
-    hidden_dims: tuple[int, ...] = (64, 64)
+    hidden_dims: tuple[int, ...] = (256, 256)
     """Policy MLP widths."""
-    bc_steps: int = 400
+    bc_steps: int = 1500
     """Shared BC-phase steps."""
-    cpl_steps: int = 400
+    cpl_steps: int = 1500
     """Second-phase steps."""
-    eval_every: int = 400
+    eval_every: int = 1500
     """Evaluation period (steps)."""
     eval_episodes: int = 10
     """MetaWorld evaluation episodes."""
