@@ -34,10 +34,11 @@ from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
-from plare_jax.methods import METHODS
+from plare_jax.methods import BC_PHASE, METHODS, get_method
 from plare_jax.pipeline.config import ConfigError, VLMOptions
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
+from plare_jax.pipeline.train import learner_config, method_evals, train_seed
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that read simulator ground truth cannot run on data without it.
@@ -432,8 +433,6 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
     import jax
 
     from plare_jax import checkpoint as ckpt
-    from plare_jax.methods import BC_PHASE, get_method
-    from plare_jax.pipeline.train import learner_config
 
     method = get_method(method_name)
     policy_config = learner_config(config)
@@ -454,8 +453,6 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
 
 def run_offline(config: OfflineConfig) -> dict:
     """Checks, labels, trains, evaluates and exports; returns results.json's content."""
-    from plare_jax.pipeline.train import train_seed
-
     dataset, text, choice = check_inputs(config)  # every input error surfaces here
     runs.check_writable(config.cache_dir)
     name = config.run_name or runs.default_run_name(pathlib.Path(config.data).name or "recorded")
@@ -482,9 +479,6 @@ def run_offline(config: OfflineConfig) -> dict:
         per_seed[seed]["train_s"] = time.perf_counter() - t0
         records = runs.MetricsLog(unit / "metrics.jsonl").read()
         for method_name in config.method:
-            from plare_jax.methods import get_method
-            from plare_jax.pipeline.train import method_evals
-
             evals = method_evals(records, get_method(method_name))
             for metric, key in (("held-out preference accuracy", "heldout_accuracy"),
                                 (f"success in {config.eval_env}", "success_rate")):
