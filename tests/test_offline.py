@@ -216,3 +216,35 @@ def test_recorded_path_never_imports_the_simulator(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_eval_env_and_action_scaling(tmp_path):
+    """Pendulum-shaped data (3-dim observation, torque in [-2, 2]): actions leave [-1, 1], so they
+    are scaled for the tanh policy and scaled back when the policy acts in the environment."""
+    rng = np.random.default_rng(0)
+    n, episodes = 120, 4
+    theta = rng.uniform(-np.pi, np.pi, n * episodes)
+    observations = np.stack([np.cos(theta), np.sin(theta), rng.normal(size=theta.size)], axis=1)
+    actions = np.clip(-2.0 * np.sin(theta)[:, None] + rng.normal(0, 0.3, (theta.size, 1)), -2, 2)
+    save_recorded(tmp_path / "data", card=make_card(task_text="swing up", fps=20), observations=observations,
+                  actions=actions, episode_ids=np.repeat(np.arange(episodes), n),
+                  rewards=-np.abs(theta).astype(np.float32))
+    args = ["--data", "data", "--run-name", "pendulum", "--out-dir", "runs", "--eval-env", "Pendulum-v1",
+            "--eval-env-kwargs", '{"max_episode_steps": 50}', "--eval-episodes", "2", "--eval-horizon", "50",
+            *TINY]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "runs" / "pendulum"
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads((run / "data_and_labels.json").read_text())["normalization"]["actions"] == "minmax"
+    for method in ("plare", "bc"):
+        m = results["methods"][method]
+        assert m["success_rate"]["mean"] == 0.0  # Pendulum reports no success
+        assert -50 * 16.3 <= m["mean_return"]["mean"] < 0  # Pendulum's reward is in [-16.3, 0] per step
+    from plare_jax.export import load_policy
+
+    policy = load_policy(run / "seed0" / "export" / "plare" / "policy.npz")
+    assert policy.meta["normalization"] == {"observations": "zscore", "actions": "minmax"}
+    acts = policy.act(observations[:50])
+    assert acts.min() >= -2.0 - 1e-5 and acts.max() <= 2.0 + 1e-5 and np.abs(acts).max() > 1.0
