@@ -31,10 +31,12 @@ import tyro  # noqa: E402
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
+from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
 from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
 from plare_jax import runs  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
 from plare_jax.pipeline.run import run  # noqa: E402
+from plare_jax.methods import rlvlmf  # noqa: E402
 
 QUICK = ExperimentConfig()
 
@@ -54,6 +56,7 @@ PAPER = dataclasses.replace(
     cpl_steps=300_000,
     metrics_every=1000,
     eval_every=5000,
+    rlvlmf=rlvlmf.PAPER,
 )
 
 PRESETS = {"quick": QUICK, "paper": PAPER}
@@ -76,7 +79,7 @@ def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         run(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError,
+    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
             vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,8 @@ __all__ = [
     "update",
     "train",
     "make_policy_fn",
+    "policy_fn_from_params",
+    "make_dropout_key",
 ]
 
 PHASES = ("bc", "cpl")
@@ -263,8 +265,12 @@ def start_phase(state: LearnerState, phase: str) -> LearnerState:
 # ----------------------------------------------------------------------------- loss
 
 
-def _dropout_key(key: jax.Array, config: LearnerConfig) -> jax.Array | None:
-    """Dropout key of the configured PRNG implementation (None without dropout)."""
+def make_dropout_key(key: jax.Array, config: LearnerConfig) -> jax.Array | None:
+    """Dropout key of the configured PRNG implementation (None without dropout).
+
+    Public because other methods' actors (e.g. IQL's in `methods.rlvlmf`) use the same policy
+    network and dropout settings.
+    """
     if config.dropout_rate == 0.0:
         return None
     if config.dropout_prng == "threefry2x32":
@@ -325,7 +331,7 @@ def update(
     """
     objective = _cpl_objective if phase == "cpl" else _bc_objective
     grads, metrics = jax.grad(objective, has_aux=True)(
-        state.params, state, batch, _dropout_key(key, state.config)
+        state.params, state, batch, make_dropout_key(key, state.config)
     )
     tx = make_optimizer(state.config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -444,8 +450,13 @@ def make_policy_fn(state: LearnerState) -> Callable[[np.ndarray], np.ndarray]:
 
     For the Gaussian head the action is the mean. Each new batch size B compiles once.
     """
-    graphdef, params = state.graphdef, place(state.params, None)
-    obs_dim = state.obs_dim
+    return policy_fn_from_params(state.graphdef, state.params)
+
+
+def policy_fn_from_params(graphdef: Any, params: nnx.State) -> Callable[[np.ndarray], np.ndarray]:
+    """`make_policy_fn` for a `PolicyMLP` given as split (graphdef, params), e.g. another method's actor."""
+    obs_dim = nnx.merge(graphdef, params).obs_dim
+    params = place(params, None)
 
     def policy(obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Pure JAX losses for Contrastive Preference Learning (CPL) and behaviour cloning.
+"""Pure JAX losses for Contrastive Preference Learning (CPL), behaviour cloning, and the
+baselines' reward model (Bradley-Terry) and offline RL (IQL).
 
 This module imports nothing of the package and no flax, so it can be lifted into any
 JAX project. Every loss is per example (unreduced); reduce with `weighted_mean`, which
@@ -9,6 +10,10 @@ References:
   without RL", arXiv 2310.13639 (CPL).
   Luu et al., "PLARE: Preference-based Learning from VLM Annotations for Robot
   Execution", arXiv 2507.23391 (PLARE).
+  Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning",
+  arXiv 2110.06169 (IQL: expectile value loss, advantage-weighted extraction).
+  Wang et al., "RL-VLM-F: Reinforcement Learning from Vision Language Foundation
+  Model Feedback", arXiv 2402.03681 (a Bradley-Terry reward model on VLM labels).
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ __all__ = [
     "bc_loss",
     "weighted_mean",
     "preference_accuracy",
+    "bradley_terry_loss",
+    "expectile_loss",
+    "awr_weights",
+    "awr_policy_loss",
 ]
 
 MaskLike = jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike] | None
@@ -309,3 +318,142 @@ def preference_accuracy(
     if weights is not None:
         eligible = eligible * (jnp.asarray(weights) != 0)
     return weighted_mean(correct, eligible)
+
+
+def bradley_terry_loss(
+    reward_1: jax.typing.ArrayLike,
+    reward_2: jax.typing.ArrayLike,
+    label: jax.typing.ArrayLike,
+    *,
+    mask: MaskLike = None,
+) -> jax.Array:
+    """Bradley-Terry preference loss on summed per-step rewards, per pair (unreduced).
+
+    With segment returns R_i = sum_t mask_i,t * r_i,t and label y (probability that the
+    SECOND segment is preferred), P(2 > 1) = sigmoid(R_2 - R_1) and
+
+      loss = -y * log sigmoid(R_2 - R_1) - (1 - y) * log sigmoid(R_1 - R_2)
+
+    the cross-entropy of a reward model against the labels (Christiano et al. 2017; the
+    RL-VLM-F baseline trains its reward model this way on VLM labels). It is exactly the
+    CPL loss with alpha 1 and bias 1 applied to rewards instead of log-likelihoods, and is
+    computed by `cpl_loss` so both share one numerically stable implementation.
+
+    Args:
+      reward_1: `[B, T]` per-step rewards r(s_t, a_t) of the first segments.
+      reward_2: `[B, T]` same for the second segments.
+      label: `[B]` probability that segment 2 is preferred (0.5 = tie).
+      mask: optional valid-step mask, in any form `cpl_loss` accepts.
+
+    Returns:
+      `[B]` loss per pair.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> r1 = jnp.zeros((1, 2)); r2 = jnp.ones((1, 2))  # R_2 - R_1 = 2
+      >>> print(bradley_terry_loss(r1, r2, jnp.array([1.0])).round(4))  # -log sigmoid(2)
+      [0.1269]
+      >>> print(bradley_terry_loss(r1, r2, jnp.array([0.5])).round(4))  # a tie: both directions
+      [1.1269]
+    """
+    return cpl_loss(reward_1, reward_2, label, alpha=1.0, bias=1.0, mask=mask)
+
+
+def expectile_loss(diff: jax.typing.ArrayLike, *, expectile: float) -> jax.Array:
+    """Asymmetric squared loss of expectile regression, elementwise (IQL's value loss).
+
+      loss = |expectile - 1[diff < 0]| * diff^2
+
+    With diff = Q(s, a) - V(s), minimising it makes V(s) the `expectile` expectile of Q
+    over the data's actions (Kostrikov et al., arXiv 2110.06169, Eq. 5): 0.5 is the mean
+    (plain regression), values towards 1 approach the maximum over in-data actions.
+
+    Args:
+      diff: `[...]` target minus prediction.
+      expectile: tau in (0, 1).
+
+    Returns:
+      `[...]` loss per element.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(expectile_loss(jnp.array([2.0, -2.0]), expectile=0.7))
+      [2.8 1.2]
+    """
+    if not 0.0 < expectile < 1.0:
+        raise ValueError(f"expectile must be in (0, 1), got {expectile}")
+    diff = jnp.asarray(diff)
+    weight = jnp.where(diff < 0, 1.0 - expectile, expectile).astype(diff.dtype)
+    return weight * jnp.square(diff)
+
+
+def awr_weights(
+    advantages: jax.typing.ArrayLike,
+    *,
+    inverse_temperature: float,
+    max_weight: float = 100.0,
+) -> jax.Array:
+    """Advantage-weighted-regression weights exp(beta * A), clipped at `max_weight`.
+
+      w = min(exp(inverse_temperature * A), max_weight)
+
+    IQL extracts its policy with these weights (arXiv 2110.06169, Eq. 7; the clip at 100
+    is its implementation's). The exponent is clipped before `exp`, so large advantages
+    give `max_weight` rather than inf, and the gradient there is 0.
+
+    Args:
+      advantages: `[...]` A(s, a) = Q(s, a) - V(s).
+      inverse_temperature: beta >= 0 (0 = plain behaviour cloning).
+      max_weight: upper clip (> 0).
+
+    Returns:
+      `[...]` weights in (0, max_weight].
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(awr_weights(jnp.array([0.0, 1.0, 10.0]), inverse_temperature=1.0).round(2))
+      [  1.     2.72 100.  ]
+    """
+    if inverse_temperature < 0 or max_weight <= 0:
+        raise ValueError(f"need inverse_temperature >= 0 and max_weight > 0, got {inverse_temperature}, {max_weight}")
+    advantages = jnp.asarray(advantages)
+    exponent = jnp.minimum(inverse_temperature * advantages, jnp.log(max_weight))
+    return jnp.minimum(jnp.exp(exponent), max_weight)  # exp(log(100)) rounds above 100 in float32
+
+
+def awr_policy_loss(
+    logp: jax.typing.ArrayLike,
+    advantages: jax.typing.ArrayLike,
+    *,
+    inverse_temperature: float,
+    max_weight: float = 100.0,
+) -> jax.Array:
+    """Advantage-weighted regression loss of the policy, per row: -w(A) * log pi(a|s).
+
+    The weights (`awr_weights`) are computed under `stop_gradient`: the advantages come
+    from critics that this loss must not train. With the deterministic actor
+    (log pi = -||mu(s) - a||^2) this is a weighted squared error towards the data's
+    actions, weighted towards those with a high advantage.
+
+    Args:
+      logp: `[B]` log pi(a|s) of the data's actions.
+      advantages: `[B]` A(s, a).
+      inverse_temperature: beta (IQL reference: 3 for this task family).
+      max_weight: clip of the weights.
+
+    Returns:
+      `[B]` loss per row.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(awr_policy_loss(jnp.array([-1.0, -1.0]), jnp.array([0.0, 1.0]), inverse_temperature=1.0).round(2))
+      [1.   2.72]
+    """
+    logp = jnp.asarray(logp)
+    advantages = jnp.asarray(advantages)
+    if logp.shape != advantages.shape:
+        raise ValueError(f"logp and advantages must have the same shape, got {logp.shape} and {advantages.shape}")
+    weights = jax.lax.stop_gradient(
+        awr_weights(advantages, inverse_temperature=inverse_temperature, max_weight=max_weight)
+    )
+    return -weights * logp

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["PolicyMLP", "dropout", "DROPOUT_MASKS", "HEADS", "LOG_STD_MIN", "LOG_STD_MAX"]
+__all__ = ["PolicyMLP", "ScalarMLP", "dropout", "DROPOUT_MASKS", "HEADS", "LOG_STD_MIN", "LOG_STD_MAX"]
 
 HEADS = ("deterministic", "gaussian")
 LOG_STD_MIN = -5.0
@@ -200,3 +200,40 @@ class PolicyMLP(nnx.Module):
         log_std = jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
         per_dim = -0.5 * sq_err * jnp.exp(-2.0 * log_std) - log_std - 0.5 * math.log(2.0 * math.pi)
         return jnp.sum(per_dim, axis=-1)
+
+
+class ScalarMLP(nnx.Module):
+    """MLP with one scalar output per row: a reward model r(s, a), a critic Q(s, a) or a value V(s).
+
+    Inputs are concatenated on the last axis (e.g. `model(obs, actions)`), then Linear-ReLU blocks
+    and a linear output, optionally squashed by tanh (`bounded`, the RL-VLM-F / PEBBLE reward
+    model's convention: a per-step reward in [-1, 1] keeps a segment's summed reward, the
+    Bradley-Terry logit, bounded by the segment length).
+
+    Args:
+      input_dim: total size of the concatenated inputs.
+      hidden_dims: hidden layer widths.
+      bounded: tanh on the output.
+      rngs: parameter initialisation randomness.
+    """
+
+    def __init__(self, input_dim: int, *, hidden_dims: Sequence[int], bounded: bool = False, rngs: nnx.Rngs):
+        if input_dim <= 0:
+            raise ValueError(f"input_dim must be positive, got {input_dim}")
+        self.input_dim = input_dim
+        self.bounded = bounded
+        dims = (input_dim, *hidden_dims)
+        self.hidden = nnx.List(
+            [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])]
+        )
+        self.out = nnx.Linear(dims[-1], 1, rngs=rngs)
+
+    def __call__(self, *inputs: jax.Array) -> jax.Array:
+        """`[..., D_i]` inputs (concatenated, sum of D_i = input_dim) -> `[...]` outputs."""
+        x = inputs[0] if len(inputs) == 1 else jnp.concatenate(inputs, axis=-1)
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs have {x.shape[-1]} features in all, the network expects {self.input_dim}")
+        for layer in self.hidden:
+            x = jax.nn.relu(layer(x))
+        out = self.out(x)[..., 0]
+        return jnp.tanh(out) if self.bounded else out

@@ -54,3 +54,44 @@ def plot_learning_curves(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_label_noise(
+    points: Mapping[str, Mapping[str, Sequence[tuple[float, float, float, float]]]],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "final success rate",
+) -> None:
+    """One panel per task: final success against the share of flipped labels, one line per method.
+
+    Args:
+      points: task -> method -> [(mistake_rate, mean, ci95_low, ci95_high)], the interval drawn
+        as error bars (NaN bounds, e.g. from a single run, draw no bar).
+      path: where to write the PNG.
+      ylabel: label of the y axis.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(points)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, rows in points[task].items():
+            rows = sorted(rows)
+            if not rows:
+                continue
+            rates, means, lows, highs = (np.array(col, dtype=float) for col in zip(*rows))
+            errors = np.nan_to_num(np.stack([means - lows, highs - means]), nan=0.0)
+            ax.errorbar(100 * rates, means, yerr=np.clip(errors, 0, None), marker="o", markersize=4,
+                        capsize=3, label=method)
+        ax.set_title(task)
+        ax.set_xlabel("labels flipped (%)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -36,7 +36,7 @@ def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.Comp
     return proc
 
 
-@pytest.mark.parametrize("script", ["training.py", "labeling.py"])
+@pytest.mark.parametrize("script", ["training.py", "labeling.py", "methods.py"])
 def test_every_option_has_help(script):
     out = run_script(script, "--help", timeout=120).stdout
     for option in ("--tiny", "--out", "--seed"):
@@ -130,3 +130,19 @@ def test_recorded_benchmark_tiny(tmp_path):
     assert video["frames"] == npy["frames"] == 6 * 2 * 3 and baseline["frames"] == 2 * 2 * 3
     assert npy["mean_abs_diff_vs_video"] < 8  # the same pictures, up to H.264 loss
     assert "keyframes/s" in proc.stdout and "steps/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_methods_benchmark_tiny(tmp_path):
+    out = tmp_path / "methods.json"
+    proc = run_script("methods.py", "--tiny", "--iql-batch", "32", "64", "--out", str(out))
+    payload = json.loads(out.read_text())
+    rows = {(r["kind"], r["batch"]): r for r in payload["rows"]}
+    assert set(rows) == {("bc", 1024), ("plare", 32), ("rlvlmf reward", 32), ("rlvlmf iql", 32), ("rlvlmf iql", 64)}
+    assert all(r["steps_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
+    assert rows[("plare", 32)]["rows_per_step"] == 32 * 2 * 16  # tiny: 16-step segments
+    estimates = {e["method"]: e for e in payload["estimates"]}
+    rlvlmf = estimates["rlvlmf (IQL batch 32, 1000 reward steps)"]
+    assert rlvlmf["seconds"] == pytest.approx(rlvlmf["reward_s"] + rlvlmf["iql_s"])
+    assert rlvlmf["iql_s"] == pytest.approx(6000 / rows[("rlvlmf iql", 32)]["steps_per_s"])
+    assert "steps/s" in proc.stdout and "training s" in proc.stdout

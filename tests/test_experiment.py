@@ -156,6 +156,10 @@ def test_vlm_pipeline_against_loopback_server(tmp_path):
     labels = results["tasks"]["reach-v3"]["data"]["0"]["labels"]
     assert labels["pairs"] == 24
     assert (tmp_path / "cache" / "labels.sqlite").exists()
+    # CPL trains on the confident labels only: the results say how many there were
+    confident = sum(labels["confusion"][row][col] for row in ("first", "second") for col in ("first", "second", "unsure"))
+    assert labels["trained_pairs"] == confident and labels["coverage"]["unlabeled"] == 0
+    assert "| pairs trained on |" in (tmp_path / "runs" / "vlm" / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -54,3 +54,19 @@ def test_store_get_many_handles_many_keys(tmp_path):
         assert len(got) == 1200 and got["k7"]["preference"] == 1
         out = tmp_path / "labels.jsonl"
         assert store.export_jsonl(out) == 1200
+
+
+def test_label_key_settings_extend_the_key_and_none_keeps_the_old_one():
+    old = label_key(b"A", b"B", **KEY_ARGS)
+    assert label_key(b"A", b"B", **KEY_ARGS, settings=None) == old  # stores written without settings still match
+    with_settings = label_key(b"A", b"B", **KEY_ARGS, settings={"temperature": 0.0, "max_tokens": 1024})
+    assert with_settings != old
+    assert label_key(b"A", b"B", **KEY_ARGS, settings={"max_tokens": 1024, "temperature": 0.0}) == with_settings
+    assert label_key(b"A", b"B", **KEY_ARGS, settings={"temperature": 0.0, "max_tokens": 512}) != with_settings
+
+
+def test_store_keeps_text_with_lone_surrogates(tmp_path):
+    with LabelStore(tmp_path / "l.sqlite") as store:
+        assert store.put("k", {"preference": 0, "stage1_text": "seen \ud800", "stage2_text": "0\udc80"})
+        got = store.get_many(["k"])["k"]
+    assert got["stage2_text"] == "0\\udc80" and got["stage1_text"] == "seen \\ud800"

@@ -10,9 +10,13 @@ from jax.test_util import check_grads
 
 from plare_jax import losses
 from plare_jax.losses import (
+    awr_policy_loss,
+    awr_weights,
     bc_loss,
+    bradley_terry_loss,
     cpl_loss,
     cpl_rank_loss,
+    expectile_loss,
     preference_accuracy,
     segment_scores,
     weighted_mean,
@@ -212,6 +216,78 @@ def test_bad_shapes_raise_clear_errors():
         cpl_loss(a, a, jnp.zeros(B), mask=jnp.ones((B, T + 1)))
     with pytest.raises(ValueError, match="pair"):
         cpl_loss(a, a, jnp.zeros(B), mask=(a, a, a))
+
+
+def np_bradley_terry(reward_1, reward_2, label, mask_1=None, mask_2=None):
+    """NumPy float64 reference: cross-entropy of sigmoid(R_2 - R_1) against the label."""
+    reward_1 = np.asarray(reward_1, np.float64)
+    reward_2 = np.asarray(reward_2, np.float64)
+    mask_1 = np.ones_like(reward_1) if mask_1 is None else np.asarray(mask_1, np.float64)
+    mask_2 = np.ones_like(reward_2) if mask_2 is None else np.asarray(mask_2, np.float64)
+    margin = (mask_2 * reward_2).sum(-1) - (mask_1 * reward_1).sum(-1)
+    log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+    return -label * log_sigmoid(margin) - (1 - label) * log_sigmoid(-margin)
+
+
+def test_bradley_terry_loss_equals_the_cpl_reference_with_alpha_and_bias_one():
+    rng = np.random.default_rng(10)
+    reward_1 = rng.normal(size=(B, T)).astype(np.float32)
+    reward_2 = rng.normal(size=(B, T)).astype(np.float32)
+    label = rng.choice([0.0, 0.5, 1.0], size=B).astype(np.float32)
+    mask_1 = (rng.uniform(size=(B, T)) > 0.2).astype(np.float32)
+    mask_2 = (rng.uniform(size=(B, T)) > 0.2).astype(np.float32)
+    got = jax.jit(lambda *x: bradley_terry_loss(*x[:3], mask=(x[3], x[4])))(reward_1, reward_2, label, mask_1, mask_2)
+    assert got.shape == (B,)
+    np.testing.assert_allclose(got, np_cpl_loss(reward_1, reward_2, label, 1.0, 1.0, mask_1, mask_2), rtol=1e-5)
+    np.testing.assert_allclose(got, np_bradley_terry(reward_1, reward_2, label, mask_1, mask_2), rtol=1e-5)
+    # The gradient w.r.t. each step's reward is the label residual sigmoid(R_2 - R_1) - y (sign per segment).
+    grad_2 = jax.grad(lambda r: bradley_terry_loss(reward_1, r, label, mask=(mask_1, mask_2)).sum())(reward_2)
+    margin = (mask_2 * reward_2).sum(-1) - (mask_1 * reward_1).sum(-1)
+    residual = 1.0 / (1.0 + np.exp(-margin)) - label
+    np.testing.assert_allclose(grad_2, residual[:, None] * mask_2, rtol=1e-4, atol=1e-6)
+
+
+def test_expectile_loss_matches_numpy_under_jit_with_gradients():
+    rng = np.random.default_rng(11)
+    diff = rng.normal(size=(B, 3)).astype(np.float32) * 2.0
+    for expectile in (0.5, 0.7, 0.9):
+        weight = np.where(diff < 0, 1 - expectile, expectile)
+        got = jax.jit(lambda d: expectile_loss(d, expectile=expectile))(diff)
+        np.testing.assert_allclose(got, weight * diff.astype(np.float64) ** 2, rtol=1e-6)
+        grad = jax.grad(lambda d: expectile_loss(d, expectile=expectile).sum())(diff)
+        np.testing.assert_allclose(grad, 2 * weight * diff, rtol=1e-5)
+    # Minimising it over a constant v gives the expectile: above the mean for tau > 0.5.
+    samples = rng.normal(size=2000).astype(np.float32)
+    v = jnp.zeros(())
+    for _ in range(500):
+        v = v - 0.5 * jax.grad(lambda v: expectile_loss(samples - v, expectile=0.9).mean())(v)
+    weight_at_v = np.where(samples < float(v), 0.1, 0.9)
+    np.testing.assert_allclose(float(v), (weight_at_v * samples).sum() / weight_at_v.sum(), atol=1e-3)
+    assert float(v) > samples.mean() + 0.5
+    with pytest.raises(ValueError, match="expectile must be in"):
+        expectile_loss(diff, expectile=1.0)
+
+
+def test_awr_weights_and_policy_loss_match_numpy_and_do_not_train_the_critic():
+    rng = np.random.default_rng(12)
+    advantages = (rng.normal(size=B) * 3).astype(np.float32)
+    advantages[0] = 50.0  # exp(150) overflows float32: must clip to max_weight, not inf
+    logp = -np.abs(rng.normal(size=B)).astype(np.float32)
+    expected_w = np.minimum(np.exp(3.0 * advantages.astype(np.float64)), 100.0)
+    w = jax.jit(lambda a: awr_weights(a, inverse_temperature=3.0))(advantages)
+    np.testing.assert_allclose(w, expected_w, rtol=1e-5)
+    assert float(w[0]) == 100.0
+    loss = jax.jit(lambda lp, a: awr_policy_loss(lp, a, inverse_temperature=3.0))(logp, advantages)
+    np.testing.assert_allclose(loss, -expected_w * logp, rtol=1e-5)
+    g_logp, g_adv = jax.grad(lambda lp, a: awr_policy_loss(lp, a, inverse_temperature=3.0).sum(), argnums=(0, 1))(
+        logp, advantages
+    )
+    np.testing.assert_allclose(g_logp, -expected_w, rtol=1e-5)
+    assert float(jnp.abs(g_adv).max()) == 0.0
+    # inverse temperature 0 is plain behaviour cloning.
+    np.testing.assert_allclose(awr_policy_loss(logp, advantages, inverse_temperature=0.0), -logp)
+    with pytest.raises(ValueError, match="same shape"):
+        awr_policy_loss(logp, advantages[:-1], inverse_temperature=1.0)
 
 
 def test_docstring_examples_run():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from plare_jax.networks import LOG_STD_MAX, LOG_STD_MIN, PolicyMLP, dropout
+from plare_jax.networks import LOG_STD_MAX, LOG_STD_MIN, PolicyMLP, ScalarMLP, dropout
 
 O, A, N = 7, 3, 20
 
@@ -124,3 +124,17 @@ def test_dropout_drops_at_the_requested_rate(rate, impl, mask):
     # columns are not correlated through the packing: each column drops at the rate too
     per_column = np.asarray(out == 0).mean(0)
     assert per_column.min() > rate - 0.04 and per_column.max() < rate + 0.04
+
+
+def test_scalar_mlp_concatenates_inputs_and_bounds_on_request():
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(4, 7, 5)).astype(np.float32) * 50, rng.normal(size=(4, 7, 2)).astype(np.float32)
+    free = ScalarMLP(7, hidden_dims=(16, 16), rngs=nnx.Rngs(0))
+    bounded = ScalarMLP(7, hidden_dims=(16, 16), bounded=True, rngs=nnx.Rngs(0))
+    out = free(obs, act)
+    assert out.shape == (4, 7)
+    np.testing.assert_allclose(out, free(np.concatenate([obs, act], -1)), rtol=1e-6)
+    np.testing.assert_allclose(bounded(obs, act), np.tanh(out), rtol=1e-5, atol=1e-6)  # same init, tanh on top
+    assert float(np.abs(out).max()) > 1.0  # so the bound was really needed
+    with pytest.raises(ValueError, match="expects 7"):
+        free(obs)

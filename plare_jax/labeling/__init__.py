@@ -4,17 +4,27 @@ No training, simulator or jax here: image pairs (PNG bytes) and a task text, or
 segment returns for the scripted teacher, go in; labels in {0, 1, -1} come out.
 """
 
-from plare_jax.labeling.base import FIRST, SECOND, UNSURE, Labeler, LabelResult, PairBatch, preferences_to_targets
+from plare_jax.labeling.answers import parse_choice
+from plare_jax.labeling.base import (
+    FIRST, PAIR_FAILED, PAIR_MALFORMED, PAIR_OK, PAIR_STATUSES, PAIR_UNSURE, SECOND, UNSURE, Labeler, LabelResult,
+    PairBatch, preferences_to_targets,
+)  # fmt: skip
+from plare_jax.labeling.coverage import LabelCoverageError, check_label_coverage, label_coverage
 from plare_jax.labeling.launcher import VLLMLaunchError, VLLMNotFoundError, launch_vllm, local_gpu_available
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_returns
 from plare_jax.labeling.store import LabelStore, label_key
-from plare_jax.labeling.vlm import VLMConfig, VLMEndpointError, VLMLabeler, check_endpoint, parse_choice, task_text
+from plare_jax.labeling.vlm import (
+    VLMConfig, VLMConfigError, VLMEndpointError, VLMLabeler, check_endpoint, preflight, task_text,
+)  # fmt: skip
 
 __all__ = [
     "FIRST", "SECOND", "UNSURE", "Labeler", "LabelResult", "PairBatch", "preferences_to_targets",
+    "PAIR_OK", "PAIR_UNSURE", "PAIR_MALFORMED", "PAIR_FAILED", "PAIR_STATUSES",
+    "LabelCoverageError", "check_label_coverage", "label_coverage",
     "ScriptedTeacher", "preferences_from_returns",
-    "VLMConfig", "VLMLabeler", "VLMEndpointError", "check_endpoint", "parse_choice", "task_text",
+    "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight", "parse_choice",
+    "task_text",
     "LabelStore", "label_key",
     "launch_vllm", "local_gpu_available", "VLLMNotFoundError", "VLLMLaunchError",
     "labeling_report", "format_report",

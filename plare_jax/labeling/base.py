@@ -16,6 +16,11 @@ import numpy as np
 
 FIRST, SECOND, UNSURE = 0, 1, -1
 VALID_LABELS = (FIRST, SECOND, UNSURE)
+# How each pair's label came about. Only "ok" (0 or 1) and "unsure" (the labeler said -1) are
+# answers; "malformed" (no readable choice) and "failed" (no answer after the retries) are -1
+# for lack of an answer, are never stored, and are asked again by a re-run.
+PAIR_OK, PAIR_UNSURE, PAIR_MALFORMED, PAIR_FAILED = "ok", "unsure", "malformed", "failed"
+PAIR_STATUSES = (PAIR_OK, PAIR_UNSURE, PAIR_MALFORMED, PAIR_FAILED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +64,15 @@ class LabelResult:
 
     Attributes:
         preferences: `[P]` int8 in {0, 1, -1}.
-        stats: Counters and timings of the run (requests, cache_hits, malformed,
+        stats: Counters and timings of the run (requests, cache_hits, malformed, failed,
             retries, latency percentiles, tokens, wall_s, pairs_per_s, ...).
+        status: `[P]` per-pair status in `PAIR_STATUSES`, or None for a labeler that always
+            answers (the scripted teacher).
     """
 
     preferences: np.ndarray
     stats: dict
+    status: np.ndarray | None = None
 
 
 @runtime_checkable

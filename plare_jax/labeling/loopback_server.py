@@ -9,10 +9,18 @@ hundreds of concurrent slow requests) that speaks `/v1/chat/completions`,
 - stage 2 (text only) reads those numbers back from the pasted stage-1 answer and
   prefers the brighter clip (`-1` when they are within `tie_margin`).
 
-Every answer and every injected failure depends only on the request's content,
-never on arrival order or timing, so tests are deterministic. Failure modes:
-HTTP errors (500/429) on the first k tries of each request, hung requests, a
-fraction of pairs that always hang or always answer malformed, and a fixed latency.
+Every answer and every injected failure depends only on the request's content
+(and how often that content was asked), never on arrival order or timing, so tests
+are deterministic. Failure modes: HTTP errors (500/429) on the first k tries of each
+request, hung requests, a fraction of pairs that always hang or always answer
+malformed, a fixed latency, a server that takes no images or too few per prompt,
+and a fuzz mode (`fault_rate`, `FAULT_KINDS`) that answers a share of requests with
+broken bodies (random bytes, invalid UTF-8, truncated JSON, huge, trickling, stalled,
+dropped), odd but readable answers (Unicode digits and minus signs, lone surrogates,
+the same answer twice) or ambiguous ones (two different answers).
+
+Structured output behaves like a chosen vLLM version (`/version`): by default 0.32,
+which honours `structured_outputs` and ignores `guided_choice` (counted as a warning).
 
 Run standalone: `python -m plare_jax.labeling.loopback_server --port 8000`.
 """
@@ -27,6 +35,7 @@ import io
 import json
 import re
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +65,19 @@ class LoopbackBehavior:
             instead of honouring the requested choice constraint.
         tie_margin: Brightness gap at or below which stage 2 answers -1.
         retry_after_s: Retry-After header value sent with injected errors (None: no header).
+        version: What GET /version reports (vLLM's {"version": ...}); None: no such route (404).
+        honoured_keys: Request keys whose choice constraint is honoured ("structured_outputs"
+            as vLLM >= 0.10.2, "guided_choice" as older vLLM).
+        reject_unknown_keys: A request with a constraint key not honoured gets HTTP 400 naming it
+            (like a strict OpenAI-style server); False: it is ignored and counted as a warning (like vLLM).
+        reject_images_message: Answer every request with images with HTTP 400 and this message
+            (e.g. a text-only model: "Qwen2ForCausalLM is not a multimodal model").
+        max_images: Images allowed per prompt (vLLM's --limit-mm-per-prompt); more -> HTTP 400.
+        fault_rate: Fuzz mode: share of requests (by content and try number) answered with a fault.
+        fault_kinds: Which faults the fuzz mode draws from (uniformly); see `FAULT_KINDS`.
+        fault_seed: Changes which requests get which fault.
+        trickle_s: A "trickle" fault sends its body in small pieces over this long.
+        huge_body_chars: Length of the answer text of a "huge_body" fault.
     """
 
     latency_s: float = 0.0
@@ -68,6 +90,42 @@ class LoopbackBehavior:
     ignore_structured_output: bool = False
     tie_margin: float = 0.02
     retry_after_s: float | None = None
+    version: str | None = "0.32.0"
+    honoured_keys: tuple[str, ...] = ("structured_outputs",)
+    reject_unknown_keys: bool = False
+    reject_images_message: str | None = None
+    max_images: int = 2
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = ()
+    fault_seed: int = 0
+    trickle_s: float = 3.0
+    huge_body_chars: int = 1_500_000
+
+    def __post_init__(self):
+        unknown = set(self.fault_kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        if self.fault_rate > 0 and not self.fault_kinds:
+            self.fault_kinds = FAULT_KINDS
+
+
+# Fuzz faults. Body and transport faults make a request fail (the client must retry);
+# "unicode_answer", "lone_surrogate", "same_answer_twice" and "trickle" (when shorter than
+# the client's deadline) still carry the intended answer; "two_answers" names two different
+# choices and must read as malformed, never as either of them.
+FAULT_KINDS = (
+    "http_error", "drop_connection", "random_bytes", "invalid_utf8", "truncated_json", "huge_body",
+    "empty_choices", "null_content", "wrong_types", "trickle", "stall",
+    "unicode_answer", "lone_surrogate", "two_answers", "same_answer_twice",
+)  # fmt: skip
+STRUCTURED_KEYS = ("structured_outputs", "guided_choice")
+# Ways to write each answer with non-ASCII digits or minus signs (each must still read as that answer).
+UNICODE_SPELLINGS = {
+    "0": ("\u0660", "\uff10", "\U0001d7ce", "\u06f0", "\u0966", "Answer: \uff10", "**\u0660**"),
+    "1": ("\u0661", "\uff11", "\U0001d7cf", "\u0967", "\u00b9", "Answer: \u0661", "'\uff11'"),
+    "-1": ("\u22121", "- 1", "\u20131", "\u2014 1", "\u20121", "\u20151", "\ufe631", "\uff0d\uff11",
+           "\u2212\u0661", "\u20101", "\u207b\u00b9", "Answer: \u2212 1", "\u27961"),
+}  # fmt: skip
 
 
 def brightness_png(level: float, size: int = 8) -> bytes:
@@ -89,6 +147,30 @@ def _unit_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
 
 
+@dataclasses.dataclass
+class _Reply:
+    """What the handler writes: a JSON body, or raw bytes, possibly trickled, stalled or dropped."""
+
+    status: int
+    body: dict | list | str | None = None
+    raw: bytes | None = None
+    headers: dict = dataclasses.field(default_factory=dict)
+    trickle_s: float = 0.0  # send the body in pieces over this long
+    stall_s: float = 0.0  # send half the body, then wait this long
+    drop: bool = False  # close the connection without an answer
+    fault: str | None = None
+
+    def payload(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        # ensure_ascii: lone surrogates go out as \\udcXX escapes (valid JSON, as a real server may send).
+        return json.dumps(self.body).encode()
+
+
+def _error(status: int, message: str, **headers) -> _Reply:
+    return _Reply(status, {"error": {"message": message, "type": "BadRequestError", "code": status}}, headers=headers)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real server
     disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms delayed-ACK stall
@@ -97,44 +179,68 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # silence per-request logging
         pass
 
-    def _send_json(self, status: int, body: dict) -> None:
-        headers = body.pop("_headers", {})
-        data = json.dumps(body).encode()
+    def _send(self, reply: _Reply) -> None:
+        if reply.drop:
+            self.close_connection = True
+            return
+        data = reply.payload()
+        stop = self.server.stop_event
         try:
-            self.send_response(status)
-            for name, value in headers.items():
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if reply.stall_s > 0:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                if stop.wait(reply.stall_s):
+                    return
+                self.wfile.write(data[len(data) // 2 :])
+            elif reply.trickle_s > 0:
+                pieces = 30
+                step = max(1, -(-len(data) // pieces))
+                for i in range(0, len(data), step):
+                    self.wfile.write(data[i : i + step])
+                    self.wfile.flush()
+                    if stop.wait(reply.trickle_s / pieces):
+                        return
+                self.server.count("trickle_completed")
+            else:
+                self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout); nothing to answer
+            if reply.trickle_s > 0:
+                self.server.count("trickle_abandoned")  # the client gave up on the slow body
+            self.close_connection = True
 
     def do_GET(self):
         if self.path == "/health":
-            self._send_json(200, {})
+            self._send(_Reply(200, {}))
         elif self.path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]})
+            self._send(_Reply(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]}))
+        elif self.path == "/version" and self.server.behavior.version is not None:
+            self.server.count("version_requests")
+            self._send(_Reply(200, {"version": self.server.behavior.version}))
         else:
-            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            self._send(_error(404, f"no route {self.path}"))
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         raw = self.rfile.read(length)
         if self.path != "/v1/chat/completions":
-            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            self._send(_error(404, f"no route {self.path}"))
             return
         try:
             request = json.loads(raw)
-        except json.JSONDecodeError:
-            self._send_json(400, {"error": {"message": "body is not JSON"}})
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._send(_error(400, "body is not JSON"))
             return
         try:
-            status, body = self.server.answer(request)
+            reply = self.server.answer(request)
         except Exception as err:  # a bug in the fake must surface as an HTTP error, not a dropped connection
-            status, body = 500, {"error": {"message": f"loopback server error: {err!r}"}}
-        self._send_json(status, body)
+            reply = _error(500, f"loopback server error: {err!r}")
+        self._send(reply)
 
 
 class _Server(ThreadingHTTPServer):
@@ -149,23 +255,29 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.counts = {"requests": 0, "stage1": 0, "stage2": 0, "errors": 0, "hung": 0}
+        self.faults: dict[str, int] = {}
+        self.last_stage1_parts: list[tuple[str, str]] = []
 
-    def _count(self, name: str) -> None:
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up is no error of the fake
+            super().handle_error(request, client_address)
+
+    def count(self, name: str) -> None:
         with self.lock:
-            self.counts[name] += 1
+            self.counts[name] = self.counts.get(name, 0) + 1
 
-    def answer(self, request: dict) -> tuple[int, dict]:
+    def answer(self, request: dict) -> _Reply:
         b = self.behavior
-        self._count("requests")
+        self.count("requests")
         if request.get("model") != self.model:
-            return 404, {"error": {"message": f"The model `{request.get('model')}` does not exist.", "code": 404}}
+            return _error(404, f"The model `{request.get('model')}` does not exist.")
         messages = request.get("messages") or []
         content_key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
         with self.lock:
             attempt = self.attempts.get(content_key, 0)
             self.attempts[content_key] = attempt + 1
 
-        texts, images = [], []
+        texts, images, parts = [], [], []
         for message in messages:
             content = message.get("content")
             if isinstance(content, str):
@@ -174,12 +286,28 @@ class _Server(ThreadingHTTPServer):
             for part in content or []:
                 if part.get("type") == "text":
                     texts.append(part["text"])
+                    parts.append(("text", part["text"]))
                 elif part.get("type") == "image_url":
                     images.append(part["image_url"]["url"])
+                    parts.append(("image", part["image_url"]["url"][-16:]))
         text = "\n".join(texts)
+        if images and b.reject_images_message:
+            return _error(400, b.reject_images_message)
+        if len(images) > b.max_images:
+            return _error(400, f"At most {b.max_images} image(s) may be provided in one prompt. (parameter=image)")
+        sent_keys = [k for k in STRUCTURED_KEYS if k in request]
+        unknown_keys = [k for k in sent_keys if k not in b.honoured_keys]
+        if unknown_keys and b.reject_unknown_keys:
+            return _error(400, f"Unrecognized request argument supplied: {unknown_keys[0]}")
+        if unknown_keys:
+            self.count("ignored_structured_keys")  # vLLM logs a warning per such request
+        constrained = any(k in b.honoured_keys for k in sent_keys)
+
         if images:
             if len(images) != 2:
-                return 400, {"error": {"message": f"expected 2 images, got {len(images)}"}}
+                return _error(400, f"expected 2 images, got {len(images)}")
+            with self.lock:
+                self.last_stage1_parts = parts
             levels = [_image_brightness(url) for url in images]
             pair_id = hashlib.sha256("".join(images).encode()).hexdigest()[:16]
         else:
@@ -190,29 +318,41 @@ class _Server(ThreadingHTTPServer):
 
         hang = attempt < b.hang_first_k or (b.hang_fraction > 0 and _unit_hash(pair_id + "hang") < b.hang_fraction)
         if hang:
-            self._count("hung")
+            self.count("hung")
             self.stop_event.wait(b.hang_s)
         elif b.latency_s > 0:
             self.stop_event.wait(b.latency_s)
         if attempt < b.fail_first_k:
-            self._count("errors")
-            return b.fail_status, {
-                "error": {"message": f"injected HTTP {b.fail_status}", "code": b.fail_status},
-                "_headers": {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {},
-            }
+            self.count("errors")
+            headers = {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {}
+            return _error(b.fail_status, f"injected HTTP {b.fail_status}", **headers)
+
+        fault = None
+        if b.fault_rate > 0 and _unit_hash(f"{b.fault_seed}:{content_key}:{attempt}:fault") < b.fault_rate:
+            fault = b.fault_kinds[int(_unit_hash(f"{b.fault_seed}:{content_key}:{attempt}:kind") * len(b.fault_kinds))]
+            with self.lock:
+                self.faults[fault] = self.faults.get(fault, 0) + 1
+        variant = _unit_hash(f"{b.fault_seed}:{content_key}:{attempt}:variant")
 
         if images:
-            self._count("stage1")
+            self.count("stage1")
             answer = (
                 f"Video 1 brightness {levels[0]:.4f}. Video 2 brightness {levels[1]:.4f}. "
                 f"The videos differ in brightness. (pair id {pair_id})"
             )
+            if fault in ("unicode_answer", "two_answers", "same_answer_twice", "lone_surrogate"):
+                answer += " \udc80\ud800"  # stage 1 has no choice to garble: a surrogate-laden description
         else:
-            self._count("stage2")
-            answer = self._stage2_answer(request, levels, pair_id)
+            self.count("stage2")
+            answer = self._stage2_answer(levels, pair_id, constrained, fault, variant)
         prompt_tokens = len(text) // 4 + 256 * len(images)
         completion_tokens = max(1, len(answer) // 4)
-        return 200, {
+        return self._completion(content_key, answer, prompt_tokens, completion_tokens, fault, variant)
+
+    def _completion(self, content_key: str, answer: str, prompt_tokens: int, completion_tokens: int,
+                    fault: str | None, variant: float) -> _Reply:  # fmt: skip
+        b = self.behavior
+        body = {
             "id": f"chatcmpl-{content_key[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -226,23 +366,76 @@ class _Server(ThreadingHTTPServer):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        rng = np.random.default_rng(int(variant * 2**32))
+        if fault == "http_error":
+            status = (500, 502, 503, 429)[int(variant * 4)]
+            return _error(status, f"injected HTTP {status}", **{"Retry-After": "0"})
+        if fault == "drop_connection":
+            return _Reply(200, drop=True, fault=fault)
+        if fault == "random_bytes":
+            return _Reply(200, raw=rng.bytes(int(1 + variant * 4000)), fault=fault)
+        if fault == "invalid_utf8":
+            raw = json.dumps(body).encode().replace(b'"content": "', b'"content": "\xff\xfe\xc3(', 1)
+            return _Reply(200, raw=raw, fault=fault)
+        if fault == "truncated_json":
+            raw = json.dumps(body).encode()
+            return _Reply(200, raw=raw[: int(len(raw) * (0.1 + 0.8 * variant))], fault=fault)
+        if fault == "huge_body":
+            body["choices"][0]["message"]["content"] = answer + " " + "blah " * (b.huge_body_chars // 5)
+            return _Reply(200, body, fault=fault)
+        if fault == "empty_choices":
+            body["choices"] = []
+            return _Reply(200, body, fault=fault)
+        if fault == "null_content":
+            body["choices"][0]["message"]["content"] = None
+            return _Reply(200, body, fault=fault)
+        if fault == "wrong_types":
+            shapes = (
+                {**body, "choices": "not a list"},
+                {**body, "choices": [{"index": 0, "message": {"role": "assistant", "content": 1}}]},
+                {**body, "choices": [{"index": 0, "message": "0"}]},
+                ["choices", answer],
+                answer,
+                {**body, "choices": [None]},
+            )
+            return _Reply(200, shapes[int(variant * len(shapes))], fault=fault)
+        if fault == "trickle":
+            return _Reply(200, body, trickle_s=b.trickle_s, fault=fault)
+        if fault == "stall":
+            return _Reply(200, body, stall_s=b.hang_s, fault=fault)
+        return _Reply(200, body, fault=fault)
 
-    def _stage2_answer(self, request: dict, levels: list[float] | None, pair_id: str) -> str:
+    def _stage2_answer(self, levels: list[float] | None, pair_id: str, constrained: bool, fault: str | None,
+                       variant: float) -> str:  # fmt: skip
         b = self.behavior
         if b.malformed_fraction > 0 and _unit_hash(pair_id + "malformed") < b.malformed_fraction:
             return "It is hard to say; either Video 0 or Video 1 might be better."
-        if levels is None:
-            choice = "-1"
-        elif levels[1] - levels[0] > b.tie_margin:
-            choice = "1"
-        elif levels[0] - levels[1] > b.tie_margin:
-            choice = "0"
-        else:
-            choice = "-1"
-        constrained = "guided_choice" in request or "choice" in (request.get("structured_outputs") or {})
+        choice = intended_choice(levels, b.tie_margin)
+        if fault == "unicode_answer":
+            spellings = UNICODE_SPELLINGS[choice]
+            return spellings[int(variant * len(spellings))]
+        if fault == "lone_surrogate":
+            return choice + "\udc80"
+        if fault == "same_answer_twice":
+            return f"{choice}\n\nAnswer: {choice}"
+        if fault == "two_answers":
+            other = [c for c in ("0", "1", "-1") if c != choice][int(variant * 2)]
+            first, second = (choice, other) if variant < 0.5 else (other, choice)
+            return (f"{first} or {second}", f"The answer is {first}. No, the answer is {second}.")[int(variant * 4) % 2]
         if constrained and not b.ignore_structured_output:
             return choice
         return f"Comparing the two descriptions, the answer is {choice}."
+
+
+def intended_choice(levels: list[float] | None, tie_margin: float) -> str:
+    """The stage-2 answer the fake model means: the brighter clip, "-1" within `tie_margin` or unknown."""
+    if levels is None:
+        return "-1"
+    if levels[1] - levels[0] > tie_margin:
+        return "1"
+    if levels[0] - levels[1] > tie_margin:
+        return "0"
+    return "-1"
 
 
 class LoopbackVLMServer:
@@ -295,9 +488,22 @@ class LoopbackVLMServer:
 
     @property
     def counts(self) -> dict:
-        """Requests received: total, answered stage 1 / stage 2, injected errors, hung."""
+        """Requests received: total, answered stage 1 / stage 2, injected errors, hung, ignored
+        constraint keys (vLLM's per-request warning), trickles completed or abandoned by the client."""
         with self._server.lock:
             return dict(self._server.counts)
+
+    @property
+    def faults(self) -> dict:
+        """Fuzz faults sent, by kind."""
+        with self._server.lock:
+            return dict(self._server.faults)
+
+    @property
+    def last_stage1_parts(self) -> list[tuple[str, str]]:
+        """Content parts of the last stage-1 request, in order: ("text", text) or ("image", url tail)."""
+        with self._server.lock:
+            return list(self._server.last_stage1_parts)
 
     def __enter__(self) -> LoopbackVLMServer:
         return self.start()

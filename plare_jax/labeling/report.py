@@ -12,8 +12,9 @@ from plare_jax.labeling.base import UNSURE, VALID_LABELS, check_preferences
 
 _NAMES = {0: "first", 1: "second", -1: "unsure"}
 _STAT_KEYS = (
-    "requests", "retries", "malformed", "failed", "cache_hits", "prompt_tokens", "completion_tokens",
-    "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s", "pairs_per_s", "requests_per_s",
+    "requests", "retries", "labelled", "unsure_answers", "malformed", "failed", "failure_reasons", "cache_hits",
+    "prompt_tokens", "completion_tokens", "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s",
+    "pairs_per_s", "requests_per_s", "structured_output_mode",
 )  # fmt: skip
 
 
@@ -76,6 +77,8 @@ def format_report(report: dict) -> str:
         f"p99 {num(report['latency_p99_s'])} s",
         f"tokens: prompt {report['prompt_tokens']}, completion {report['completion_tokens']}; cache hits "
         f"{report['cache_hits']}; requests {report['requests']}, retries {report['retries']}, "
-        f"malformed {report['malformed']}, failed {report['failed']}",
+        f"malformed {report['malformed']}, failed {report['failed']} (not stored: a re-run asks them again)",
     ]
+    for reason, count in (report.get("failure_reasons") or {}).items():
+        lines.append(f"  failed {count}x: {reason}")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 The key of a label is a sha256 over everything that decides the answer: the two
 images' bytes (in order: (A, B) and (B, A) are different queries), the prompt
-version, the model and the task text. Re-running a labeling job therefore reuses
+version, the model, the task text and the query settings (prompt texts, sampling,
+structured output, keyframe count). Re-running a labeling job therefore reuses
 every stored label, and a run killed mid-way resumes where it stopped: each label
 is committed as soon as it arrives, and `INSERT OR IGNORE` never duplicates one.
 """
@@ -14,7 +15,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+from plare_jax.labeling.answers import storable_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -47,7 +50,8 @@ RECORD_FIELDS = (
 )
 
 
-def label_key(image_a: bytes, image_b: bytes, *, prompt_version: str, model: str, task_text: str) -> str:
+def label_key(image_a: bytes, image_b: bytes, *, prompt_version: str, model: str, task_text: str,
+              settings: Mapping | None = None) -> str:  # fmt: skip
     """The content address of one labeling query.
 
     Args:
@@ -56,13 +60,18 @@ def label_key(image_a: bytes, image_b: bytes, *, prompt_version: str, model: str
         prompt_version: Version of the prompt templates (e.g. "v1").
         model: Name of the served model.
         task_text: Task description sent to the model.
+        settings: Anything else that decides the answer (JSON-serialisable: prompt text hash,
+            temperature, max_tokens, ...); None leaves the key as it was without settings.
 
     Returns:
         64-character hex sha256. Each field is length-prefixed so that no two
         different queries can share a byte stream.
     """
+    parts = [bytes(image_a), bytes(image_b), prompt_version.encode(), model.encode(), task_text.encode()]
+    if settings is not None:
+        parts.append(json.dumps(dict(settings), sort_keys=True, separators=(",", ":")).encode())
     digest = hashlib.sha256()
-    for part in (bytes(image_a), bytes(image_b), prompt_version.encode(), model.encode(), task_text.encode()):
+    for part in parts:
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()
@@ -134,6 +143,9 @@ class LabelStore:
             values = dict(record)
             values.setdefault("created_at", time.time())
             values["malformed"] = int(bool(values.get("malformed", 0)))
+            for name, value in values.items():
+                if isinstance(value, str):  # lone surrogates from a server must not stop the run
+                    values[name] = storable_text(value)
             rows.append((key, *(values.get(f) for f in RECORD_FIELDS)))
         with self._conn:  # one commit for the batch
             before = self._conn.total_changes

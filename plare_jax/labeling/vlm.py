@@ -1,40 +1,66 @@
 """VLM labeler over the OpenAI-compatible chat-completions API (vLLM or any such server).
 
-Each pair costs two requests, as in PLARE: stage 1 sends both clips' images and
-the task text and asks for a description of each clip and whether they differ in
-achieving the goal; stage 2 (text only, stage-1 answer pasted in) asks which clip
-better achieves the goal, constrained to "0" / "1" / "-1" by the server's
-structured output when it has one, and parsed robustly when it does not.
+Each pair costs two requests, as in PLARE: stage 1 sends both clips' images, each right
+after its "Video 1:" / "Video 2:" line, with the task text and asks for a description of
+each clip and whether they differ in achieving the goal; stage 2 (text only, stage-1
+answer pasted in) asks which clip better achieves the goal, constrained to "0" / "1" /
+"-1" by the server's structured output when it has one, and parsed robustly when it does not.
 
 Requests run concurrently (bounded by `VLMConfig.concurrency`), are retried with
-exponential backoff and jitter on 429 / 5xx / timeouts / connection errors, and
-every label is committed to the `LabelStore` as soon as it arrives, so a re-run
-sends no request for a stored pair and a killed run resumes where it stopped.
+exponential backoff and jitter on 429 / 5xx / timeouts / connection errors / unreadable
+answers, and every label is committed to the `LabelStore` as soon as it arrives, so a
+re-run sends no request for a stored pair and a killed run resumes where it stopped.
+
+Whatever a server sends back (a body that is not JSON or not UTF-8, lone surrogates, no
+choices, a huge or trickling answer) ends as a counted per-pair failure after the retries,
+never as an exception out of the run; failed and malformed pairs are not stored, so a
+re-run asks again. Only a configuration error (the model takes no images, too few images
+allowed per prompt, wrong model or key) stops the run, at once, with the server's message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import functools
+import hashlib
 import importlib.resources
+import io
+import json
 import logging
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import openai
 from tqdm.auto import tqdm
 
-from plare_jax.labeling.base import UNSURE, LabelResult, PairBatch
+from plare_jax.labeling.answers import CHOICES, parse_choice, storable_text
+from plare_jax.labeling.base import (
+    PAIR_FAILED,
+    PAIR_MALFORMED,
+    PAIR_OK,
+    PAIR_STATUSES,
+    PAIR_UNSURE,
+    UNSURE,
+    LabelResult,
+    PairBatch,
+)
 from plare_jax.labeling.store import LabelStore, label_key
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight",
+    "parse_choice", "task_text", "stage1_content", "structured_output_mode_for_version",
+]  # fmt: skip
+
 BASE_URL_ENV = "PLARE_VLM_BASE_URL"
-CHOICES = ("0", "1", "-1")
 # Task texts of the four tasks of the PLARE paper (MetaWorld names without version suffix).
 TASK_TEXTS = {
     "drawer-open": "open the drawer",
@@ -42,10 +68,26 @@ TASK_TEXTS = {
     "plate-slide": "place the black plate so that it lies inside the goal",
     "door-open": "open the door of the safe",
 }
+# How the stage-2 choice constraint is sent. vLLM >= 0.10.2 reads `structured_outputs`
+# (and 0.12 dropped `guided_choice`, which 0.32 ignores with a warning per request);
+# older vLLM reads `guided_choice`; "none" sends no constraint (answers are parsed).
+STRUCTURED_KEYS = ("structured_outputs", "guided_choice")
+_STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
+# Server messages that mean "this server cannot take our image requests at all".
+_CONFIG_ERROR_RE = re.compile(
+    r"not a multi-?modal model|does not support (?:multi-?modal|vision|images?)|images? (?:is|are) not supported"
+    r"|at most \d+ images?|limit[-_]mm[-_]per[-_]prompt|\(parameter=image\)|allowed values: \['text'\]",
+    re.IGNORECASE,
+)
 
 
 class VLMEndpointError(RuntimeError):
     """The VLM server cannot be used: unreachable, wrong model, or rejected credentials."""
+
+
+class VLMConfigError(VLMEndpointError):
+    """The server rejects the shape of our requests (no image input, too few images allowed per
+    prompt, ...): every pair would fail the same way, so the run stops at the first one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +101,19 @@ class VLMConfig:
         api_key_env: Environment variable holding the API key; unset -> "EMPTY" (vLLM
             accepts any key unless started with --api-key). The key is never logged or stored.
         concurrency: Pairs in flight at once (each pair is two sequential requests).
-        timeout_s: Per-request timeout.
+        timeout_s: Per-request deadline for the whole answer (a trickling body counts too).
         max_retries: Retries after the first try, per request (and re-asks of a malformed answer).
         temperature: Sampling temperature (0: deterministic answers, as the reference).
         max_tokens: Completion token limit per request.
-        prompt_version: Which prompts/stage{1,2}_<version>.txt to use; part of the cache key.
-        structured_output: Constrain the stage-2 answer with vLLM's choice constraint.
+        prompt_version: Which prompts/stage{1,2}_<version>.txt to use.
+        structured_output: Constrain the stage-2 answer with the server's choice constraint
+            (the request key is picked from the server's version, with a fallback on rejection).
+        num_keyframes: Frames tiled into each clip's image (said in the stage-1 prompt).
         retry_backoff_s: First backoff delay; doubles per retry, with jitter, capped at 30 s.
         seed: Seed of the backoff jitter.
+
+    Everything that can change an answer (prompt texts, model, task, temperature, max_tokens,
+    structured output, keyframe count, images) is part of a label's cache key.
     """
 
     base_url: str | None = None
@@ -77,8 +124,9 @@ class VLMConfig:
     max_retries: int = 3
     temperature: float = 0.0
     max_tokens: int = 1024
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"
     structured_output: bool = True
+    num_keyframes: int = 3
     retry_backoff_s: float = 0.5
     seed: int = 0
 
@@ -89,6 +137,10 @@ class VLMConfig:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}.")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}.")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+        if self.num_keyframes < 1:
+            raise ValueError(f"num_keyframes must be >= 1, got {self.num_keyframes}.")
 
     def resolved_base_url(self) -> str:
         """`base_url`, or the PLARE_VLM_BASE_URL environment variable; raises ValueError if neither is set."""
@@ -102,6 +154,10 @@ class VLMConfig:
 
     def api_key(self) -> str:
         return os.environ.get(self.api_key_env) or "EMPTY"
+
+    def max_answer_chars(self) -> int:
+        """Longest answer text accepted: far above what `max_tokens` tokens can spell; longer is a broken answer."""
+        return max(16_384, 64 * self.max_tokens)
 
 
 def task_text(task: str, override: str | None = None) -> str:
@@ -137,35 +193,6 @@ def load_prompts(version: str) -> tuple[str, str]:
         ) from None
 
 
-_ANSWER_RE = re.compile(r"answer(?:\s+is)?[^\w\-]{0,6}(-\s?1|0|1)(?!\d|\.\d)", re.IGNORECASE)
-# A standalone 0 / 1 / -1 that is not a clip's name ("Video 1" names the first clip, not answer 1).
-_TOKEN_RE = re.compile(r"(?<![\w.\-])(?<!video )(?<!clip )(-1|0|1)(?!\d|\.\d)", re.IGNORECASE)
-
-
-def parse_choice(text: str | None) -> int | None:
-    """Reads a 0 / 1 / -1 answer out of a model reply.
-
-    Exact answers ("1"), sentences ("The answer is 1.") and quoted or formatted
-    answers work; a reply that names several different values ("either 0 or 1")
-    or none is ambiguous.
-
-    Returns:
-        0, 1 or -1, or None if the reply is malformed.
-    """
-    if text is None:
-        return None
-    stripped = text.strip().strip("\"'`*.[](){} \n")
-    if stripped in CHOICES:
-        return int(stripped)
-    explicit = _ANSWER_RE.findall(text)
-    if explicit:
-        return int(explicit[-1].replace(" ", ""))
-    found = set(_TOKEN_RE.findall(text))
-    if len(found) == 1:
-        return int(found.pop())
-    return None
-
-
 def _png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -177,19 +204,116 @@ def _fill(template: str, **fields: str) -> str:
     return template
 
 
+def stage1_content(template: str, *, task: str, num_frames: int, images: tuple[bytes, bytes]) -> list[dict]:
+    """The content parts of a stage-1 message: text and the two clips' images.
+
+    A template with `{video_1}` and `{video_2}` markers gets each image at its marker, so
+    the model reads "Video 1:", image 1, "Video 2:", image 2, then the questions; a template
+    without them (v1) gets both images after its text. `{frames}` becomes "3 frames" (or
+    "1 frame"), `{last_timestep}` the last frame's caption number, `{task}` the goal.
+    """
+    fields = dict(task=task, frames=f"{num_frames} frame{'s' if num_frames != 1 else ''}",
+                  last_timestep=str(num_frames - 1))  # fmt: skip
+    image_parts = [{"type": "image_url", "image_url": {"url": _png_data_url(png)}} for png in images]
+    if "{video_1}" in template and "{video_2}" in template:
+        before, rest = template.split("{video_1}", 1)
+        middle, after = rest.split("{video_2}", 1)
+        texts = [_fill(part, **fields).strip() for part in (before, middle, after)]
+        parts = []
+        for text, image in zip(texts, [*image_parts, None]):
+            if text:
+                parts.append({"type": "text", "text": text})
+            if image is not None:
+                parts.append(image)
+        return parts
+    return [{"type": "text", "text": _fill(template, **fields)}, *image_parts]
+
+
+def structured_output_mode_for_version(version: str | None) -> str:
+    """The choice-constraint key a vLLM of `version` honours; None (unknown server) -> the current key."""
+    if version:
+        numbers = [int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3]]
+        if len(numbers) >= 2 and tuple(numbers + [0] * (3 - len(numbers))) < _STRUCTURED_OUTPUTS_SINCE:
+            return "guided_choice"
+    return "structured_outputs"
+
+
+def _structured_extra(mode: str) -> dict | None:
+    if mode == "structured_outputs":
+        return {"structured_outputs": {"choice": list(CHOICES)}}
+    if mode == "guided_choice":
+        return {"guided_choice": list(CHOICES)}
+    return None
+
+
+def _server_root(base_url: str) -> str:
+    return re.sub(r"/v\d+$", "", base_url.rstrip("/"))
+
+
+def fetch_server_version(config: VLMConfig, *, timeout_s: float = 10.0) -> str | None:
+    """The server's version from GET {root}/version (vLLM answers {"version": "0.32.0"}); None if it has none."""
+    url = _server_root(config.resolved_base_url()) + "/version"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {config.api_key()}"})
+    try:
+        with urllib.request.urlopen(request, timeout=min(timeout_s, config.timeout_s)) as response:
+            body = json.loads(response.read(65_536))
+    except (OSError, ValueError):  # no such route, unreachable, not JSON: an unknown server
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return version if isinstance(version, str) else None
+
+
 class _RequestFailed(Exception):
-    """A request still failed after all retries (the pair becomes unsure, unstored)."""
+    """A request still failed after all retries (the pair is left unlabelled and unstored)."""
+
+
+class _InvalidAnswer(Exception):
+    """A 200 answer that cannot be read (no choices, no text, wrong types, too long): retried."""
+
+
+def _field(obj, name: str):
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _read_completion(response, max_chars: int) -> tuple[str, int, int]:
+    """(answer text, prompt tokens, completion tokens) of a chat completion, whatever its shape.
+
+    Raises:
+        _InvalidAnswer: no choices, no text content, or text longer than `max_chars`.
+    """
+    choices = _field(response, "choices")
+    if not isinstance(choices, list) or not choices:
+        raise _InvalidAnswer(f"no choices in the answer ({type(choices).__name__})")
+    content = _field(_field(choices[0], "message"), "content")
+    if not isinstance(content, str) or not content.strip():
+        raise _InvalidAnswer(f"no text in the answer (content {type(content).__name__})")
+    if len(content) > max_chars:
+        raise _InvalidAnswer(f"answer of {len(content)} characters (limit {max_chars})")
+    usage = _field(response, "usage")
+    counts = [_field(usage, name) for name in ("prompt_tokens", "completion_tokens")]
+    counts = [n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0 for n in counts]
+    # Lone surrogates and the like become escapes: the text must survive SQLite and the stage-2 request.
+    return storable_text(content), counts[0], counts[1]
+
+
+def _status_error_message(err: openai.APIStatusError) -> str:
+    message = err.message
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message", message) if isinstance(inner, dict) else str(inner)
+    return storable_text(str(message), max_chars=2000)
 
 
 @dataclasses.dataclass
 class _RunStats:
     requests: int = 0
     retries: int = 0
-    malformed: int = 0
-    failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latencies: list = dataclasses.field(default_factory=list)
+    # Why pairs failed ("HTTP 400: <server message>", "TimeoutError ..."): the coverage error quotes them.
+    failure_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 class VLMLabeler:
@@ -208,12 +332,28 @@ class VLMLabeler:
         self.store = store
         self.stage1_template, self.stage2_template = load_prompts(config.prompt_version)
         self._rng = np.random.default_rng(config.seed)
+        # The stage-2 constraint key in use; found once from the server's version, changed on rejection.
+        self.structured_mode: str | None = None if config.structured_output else "none"
+        self._rejected_keys: set[str] = set()
+
+    def query_settings(self) -> dict:
+        """Everything besides images, model and task that decides an answer (part of the cache key)."""
+        c = self.config
+        prompts = hashlib.sha256((self.stage1_template + "\0" + self.stage2_template).encode()).hexdigest()
+        return {
+            "prompts_sha256": prompts,
+            "temperature": c.temperature,
+            "max_tokens": c.max_tokens,
+            "structured_output": c.structured_output,
+            "num_keyframes": c.num_keyframes,
+        }
 
     def keys(self, batch: PairBatch) -> list[str]:
         """Cache keys of the pairs of `batch`, in order."""
         c = self.config
+        settings = self.query_settings()
         return [
-            label_key(a, b, prompt_version=c.prompt_version, model=c.model, task_text=batch.task_text)
+            label_key(a, b, prompt_version=c.prompt_version, model=c.model, task_text=batch.task_text, settings=settings)
             for a, b in batch.images
         ]
 
@@ -225,12 +365,27 @@ class VLMLabeler:
             return asyncio.run(self.alabel(batch, progress=progress))
         raise RuntimeError("VLMLabeler.label() was called inside a running event loop; use `await labeler.alabel(batch)`.")
 
+    def _client(self) -> openai.AsyncOpenAI:
+        c = self.config
+        return openai.AsyncOpenAI(base_url=c.resolved_base_url(), api_key=c.api_key(), timeout=c.timeout_s, max_retries=0)
+
+    async def _detect_structured_mode(self) -> None:
+        if self.structured_mode is None:
+            version = await asyncio.to_thread(fetch_server_version, self.config)
+            self.structured_mode = structured_output_mode_for_version(version)
+            logger.info("VLM server version %s: stage-2 choice constraint sent as %r", version, self.structured_mode)
+
     async def alabel(self, batch: PairBatch, *, progress: bool = True) -> LabelResult:
         """Labels `batch`: stored pairs from the store, the rest from the server.
 
         Returns:
-            `LabelResult` with `[P]` int8 preferences; pairs whose requests failed after
-            all retries are -1 (and not stored, so a re-run asks again).
+            `LabelResult` with `[P]` int8 preferences and `[P]` statuses ("ok", "unsure",
+            "malformed", "failed"); malformed and failed pairs are -1 and not stored, so a
+            re-run asks again.
+
+        Raises:
+            VLMEndpointError: wrong model or API key (at the first answer saying so).
+            VLMConfigError: the server cannot take the image requests (at the first answer saying so).
         """
         if batch.images is None:
             raise ValueError("VLMLabeler needs PairBatch.images ((png, png) per pair).")
@@ -238,11 +393,14 @@ class VLMLabeler:
         start = time.perf_counter()
         keys = self.keys(batch)
         prefs = np.full(len(batch), UNSURE, np.int8)
+        status = np.full(len(batch), PAIR_FAILED, dtype=f"<U{max(map(len, PAIR_STATUSES))}")
         cached = self.store.get_many(keys) if self.store is not None else {}
         todo: dict[str, list[int]] = {}  # identical pairs in one batch are asked once
         for i, key in enumerate(keys):
-            if key in cached:
-                prefs[i] = cached[key]["preference"]
+            record = cached.get(key)
+            if record is not None and not record.get("malformed"):  # older stores kept malformed answers: ask again
+                prefs[i] = record["preference"]
+                status[i] = PAIR_UNSURE if record["preference"] == UNSURE else PAIR_OK
             else:
                 todo.setdefault(key, []).append(i)
         # Pairs answered without a request: stored ones, and repeats of a pair within the batch.
@@ -250,13 +408,13 @@ class VLMLabeler:
 
         run = _RunStats()
         if todo:
-            client = openai.AsyncOpenAI(
-                base_url=c.resolved_base_url(), api_key=c.api_key(), timeout=c.timeout_s, max_retries=0
-            )
+            await self._detect_structured_mode()
+            client = self._client()
             queue: asyncio.Queue = asyncio.Queue()
             for key, rows in todo.items():
                 queue.put_nowait((key, rows))
-            bar = tqdm(total=len(batch), initial=cache_hits, desc="VLM labels", unit="pair", disable=not progress)
+            bar = tqdm(total=len(batch), initial=len(batch) - sum(map(len, todo.values())), desc="VLM labels",
+                       unit="pair", disable=not progress)  # fmt: skip
 
             async def worker():
                 while True:
@@ -264,8 +422,14 @@ class VLMLabeler:
                         key, rows = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         return
-                    images = batch.images[rows[0]]
-                    prefs[rows] = await self._label_pair(client, key, images, batch.task_text, run)
+                    try:
+                        prefs[rows], status[rows] = await self._label_pair(client, key, batch.images[rows[0]], batch.task_text, run)
+                    except VLMEndpointError:
+                        raise
+                    except Exception as err:  # unforeseen: this pair fails (and is counted), the run goes on
+                        logger.warning("pair %s left unlabelled by an unexpected error", key[:12], exc_info=True)
+                        run.failure_reasons[storable_text(f"unexpected {type(err).__name__}: {err}", max_chars=200)] += 1
+                        prefs[rows], status[rows] = UNSURE, PAIR_FAILED
                     bar.update(len(rows))
 
             try:
@@ -285,17 +449,22 @@ class VLMLabeler:
         wall_s = time.perf_counter() - start
         queried = len(todo)
         lat = np.asarray(run.latencies) if run.latencies else np.full(1, np.nan)
+        counts = {name: int((status == name).sum()) for name in PAIR_STATUSES}
         stats = {
             "labeler": self.name,
             "model": c.model,
             "prompt_version": c.prompt_version,
+            "structured_output_mode": self.structured_mode,
             "pairs": len(batch),
             "queried_pairs": queried,
             "cache_hits": cache_hits,
             "requests": run.requests,
             "retries": run.retries,
-            "malformed": run.malformed,
-            "failed": run.failed,
+            "labelled": counts[PAIR_OK],
+            "unsure_answers": counts[PAIR_UNSURE],
+            "malformed": counts[PAIR_MALFORMED],
+            "failed": counts[PAIR_FAILED],
+            "failure_reasons": dict(run.failure_reasons.most_common(5)),
             "unsure": int((prefs == UNSURE).sum()),
             "prompt_tokens": run.prompt_tokens,
             "completion_tokens": run.completion_tokens,
@@ -307,49 +476,35 @@ class VLMLabeler:
             "requests_per_s": run.requests / wall_s if run.requests else 0.0,
             "concurrency": c.concurrency,
         }
-        return LabelResult(preferences=prefs, stats=stats)
+        return LabelResult(preferences=prefs, stats=stats, status=status)
 
-    async def _label_pair(self, client, key: str, images: tuple[bytes, bytes], task: str, run: _RunStats) -> int:
-        """Both stages for one pair; stores and returns the label (-1 if the requests failed)."""
+    async def _label_pair(self, client, key: str, images: tuple[bytes, bytes], task: str, run: _RunStats) -> tuple[int, str]:
+        """Both stages for one pair; stores a label and returns (label, status). Failed or
+        malformed pairs return -1 and are not stored."""
         c = self.config
         pair_start = time.perf_counter()
         tokens = [0, 0]
-        stage1_messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": _fill(self.stage1_template, task=task)},
-                    {"type": "image_url", "image_url": {"url": _png_data_url(images[0])}},
-                    {"type": "image_url", "image_url": {"url": _png_data_url(images[1])}},
-                ],
-            }
-        ]
+        content = stage1_content(self.stage1_template, task=task, num_frames=c.num_keyframes, images=images)
         try:
-            stage1_text = await self._complete(client, stage1_messages, {}, run, tokens)
+            stage1_text = await self._complete(client, [{"role": "user", "content": content}], run, tokens)
             stage2_messages = [
                 {"role": "user", "content": _fill(self.stage2_template, task=task, stage1_answer=stage1_text)}
             ]
-            extra = {}
-            if c.structured_output:
-                # vLLM < 0.12 reads guided_choice; newer versions read structured_outputs.
-                # Each ignores the field it does not know.
-                extra = {"guided_choice": list(CHOICES), "structured_outputs": {"choice": list(CHOICES)}}
             choice, stage2_text = None, ""
             for attempt in range(c.max_retries + 1):
                 if attempt:
                     run.retries += 1
-                stage2_text = await self._complete(client, stage2_messages, extra, run, tokens)
+                stage2_text = await self._complete(client, stage2_messages, run, tokens, stage2=True)
                 choice = parse_choice(stage2_text)
                 if choice is not None:
                     break
         except _RequestFailed as err:
-            run.failed += 1
-            logger.warning("pair %s left unsure: %s", key[:12], err)
-            return UNSURE
-        malformed = choice is None
-        if malformed:
-            run.malformed += 1
-            choice = UNSURE
+            logger.warning("pair %s left unlabelled: %s", key[:12], err)
+            run.failure_reasons[str(err)[:200]] += 1
+            return UNSURE, PAIR_FAILED
+        if choice is None:
+            logger.warning("pair %s left unlabelled: malformed answer %r", key[:12], stage2_text[:200])
+            return UNSURE, PAIR_MALFORMED
         if self.store is not None:
             self.store.put(
                 key,
@@ -360,63 +515,156 @@ class VLMLabeler:
                     "task_text": task,
                     "stage1_text": stage1_text,
                     "stage2_text": stage2_text,
-                    "malformed": malformed,
+                    "malformed": False,
                     "latency_s": time.perf_counter() - pair_start,
                     "prompt_tokens": tokens[0],
                     "completion_tokens": tokens[1],
                 },
             )
-        return int(choice)
+        return int(choice), (PAIR_UNSURE if choice == UNSURE else PAIR_OK)
 
-    async def _complete(self, client, messages: list, extra_body: dict, run: _RunStats, tokens: list) -> str:
-        """One chat completion with retries on transient errors; returns the answer text."""
+    def _on_rejected_structured_key(self, mode: str, message: str) -> bool:
+        """After a 400: if it names the constraint key `mode` we sent, switch to the next way
+        (the other key, then none) and return True so the request is sent again."""
+        if mode == "none" or mode not in message:
+            return False
+        if mode not in self._rejected_keys:
+            self._rejected_keys.add(mode)
+            remaining = [k for k in STRUCTURED_KEYS if k not in self._rejected_keys]
+            self.structured_mode = remaining[0] if remaining else "none"
+            logger.warning("the VLM server rejected %r (%s); sending %r instead", mode, message[:200], self.structured_mode)
+        return True
+
+    async def _complete(self, client, messages: list, run: _RunStats, tokens: list, *, stage2: bool = False,
+                        strict: bool = False) -> str:  # fmt: skip
+        """One chat completion with retries on transient errors and unreadable answers; returns the answer text.
+
+        Args:
+            stage2: Send the choice constraint.
+            strict: Any non-retryable 4xx is a configuration error (the preflight request).
+        """
         c = self.config
-        last_error: Exception | None = None
-        for attempt in range(c.max_retries + 1):
+        last_error: Exception | str | None = None
+        attempt, key_fallbacks = 0, 0
+        while attempt <= c.max_retries:
             if attempt:
                 run.retries += 1
                 delay = min(30.0, c.retry_backoff_s * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
                 delay = max(delay, _retry_after_s(last_error))
                 await asyncio.sleep(delay)
+            attempt += 1
+            mode = self.structured_mode if stage2 else "none"
             run.requests += 1
             start = time.perf_counter()
             try:
-                response = await client.chat.completions.create(
-                    model=c.model,
-                    messages=messages,
-                    temperature=c.temperature,
-                    max_tokens=c.max_tokens,
-                    extra_body=extra_body or None,
+                # wait_for: the client's timeout bounds each read, not a body that trickles in forever.
+                response = await asyncio.wait_for(
+                    client.chat.completions.create(
+                        model=c.model,
+                        messages=messages,
+                        temperature=c.temperature,
+                        max_tokens=c.max_tokens,
+                        extra_body=_structured_extra(mode),
+                    ),
+                    timeout=c.timeout_s,
                 )
+                text, prompt_tokens, completion_tokens = _read_completion(response, c.max_answer_chars())
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
                 # Configuration errors: every other request would fail the same way.
                 raise VLMEndpointError(
-                    f"the VLM server at {c.resolved_base_url()} rejected the request ({err.status_code}): {err.message}. "
-                    f"Check the model name ({c.model!r}) and the API key in ${c.api_key_env}."
+                    f"the VLM server at {c.resolved_base_url()} rejected the request ({err.status_code}): "
+                    f"{_status_error_message(err)}. Check the model name ({c.model!r}) and the API key in ${c.api_key_env}."
                 ) from None
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                    openai.InternalServerError, TimeoutError) as err:  # fmt: skip
                 last_error = err
                 continue
             except openai.APIStatusError as err:
                 if err.status_code >= 500 or err.status_code in (408, 409):
                     last_error = err
                     continue
-                raise _RequestFailed(f"HTTP {err.status_code}: {err.message}") from None
-            except openai.OpenAIError as err:  # e.g. an unparseable response: this pair only, never the run
+                message = _status_error_message(err)
+                if err.status_code == 400 and stage2 and key_fallbacks < 2 and self._on_rejected_structured_key(mode, message):
+                    key_fallbacks += 1
+                    attempt -= 1  # the server told us what it wants: not a failed try
+                    continue
+                if strict or (err.status_code in (400, 413, 422) and _CONFIG_ERROR_RE.search(message)):
+                    raise VLMConfigError(
+                        f"the VLM server at {c.resolved_base_url()} rejected a labeling request (HTTP {err.status_code}): "
+                        f"{message}. {_config_error_hint(message, c)}"
+                    ) from None
+                raise _RequestFailed(f"HTTP {err.status_code}: {message}") from None
+            except Exception as err:  # noqa: BLE001 - body not JSON / not UTF-8, wrong types, ...: this pair, never the run
                 last_error = err
                 continue
             run.latencies.append(time.perf_counter() - start)
-            if response.usage is not None:
-                run.prompt_tokens += response.usage.prompt_tokens
-                run.completion_tokens += response.usage.completion_tokens
-                tokens[0] += response.usage.prompt_tokens
-                tokens[1] += response.usage.completion_tokens
-            # An empty choice list or null content reads as "" (malformed), never as a crash.
-            return (response.choices[0].message.content if response.choices else None) or ""
-        raise _RequestFailed(f"{type(last_error).__name__} after {c.max_retries + 1} tries: {last_error}")
+            run.prompt_tokens += prompt_tokens
+            run.completion_tokens += completion_tokens
+            tokens[0] += prompt_tokens
+            tokens[1] += completion_tokens
+            return text
+        detail = storable_text(f"{type(last_error).__name__}: {last_error}", max_chars=300)
+        raise _RequestFailed(f"{detail} (after {attempt} tries)")
+
+    async def _preflight(self, num_images: int) -> dict:
+        await self._detect_structured_mode()
+        pngs = [_tiny_png(i) for i in range(num_images)]
+        content = stage1_content(self.stage1_template, task="check the endpoint", num_frames=self.config.num_keyframes,
+                                 images=(pngs[0], pngs[-1]))  # fmt: skip
+        if num_images != 2:  # another image count on purpose (e.g. to see the server's limit): the texts, then the images
+            content = [part for part in content if part["type"] == "text"] + [
+                {"type": "image_url", "image_url": {"url": _png_data_url(png)}} for png in pngs
+            ]
+        run = _RunStats()
+        async with self._client() as client:
+            try:
+                await self._complete(client, [{"role": "user", "content": content}], run, [0, 0], strict=True)
+            except _RequestFailed as err:
+                raise VLMEndpointError(
+                    f"the VLM server at {self.config.resolved_base_url()} did not answer a test request: {err}. "
+                    "Check that it is up and not overloaded (its log says more)."
+                ) from None
+        return {"structured_output_mode": self.structured_mode, "requests": run.requests, "retries": run.retries}
 
 
-def _retry_after_s(error: Exception | None) -> float:
+def _tiny_png(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), ((40 + 80 * seed) % 256, 90, 140)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _config_error_hint(message: str, config: VLMConfig) -> str:
+    lowered = message.lower()
+    if "at most" in lowered or "limit" in lowered or "parameter=image" in lowered:
+        return ("Each stage-1 request carries 2 images: start vLLM with --limit-mm-per-prompt '{\"image\": 2}' "
+                "(older vLLM: --limit-mm-per-prompt image=2).")  # fmt: skip
+    if "multimodal" in lowered or "multi-modal" in lowered or "image" in lowered or "vision" in lowered or "text" in lowered:
+        return f"Serve a vision-language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct) and set its name as the model (now {config.model!r})."
+    return "Fix the server or the request settings (model, max_tokens, prompt) and run again."
+
+
+def preflight(config: VLMConfig, *, num_images: int = 2) -> dict:
+    """Sends one stage-1-shaped request (the real prompt, `num_images` tiny PNGs) before any data work.
+
+    It asks for the configured max_tokens, so a server whose context cannot hold prompt and answer
+    fails here too, once, rather than on every pair.
+
+    Returns:
+        {"structured_output_mode": the stage-2 constraint key the server will get, "requests", "retries"}.
+
+    Raises:
+        VLMConfigError: the server rejects the request (HTTP 4xx: no image input, too few images
+            per prompt, ...), with the server's message and what to change.
+        VLMEndpointError: wrong model or key, or no answer after the retries.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}.")
+    return asyncio.run(VLMLabeler(config)._preflight(num_images))
+
+
+def _retry_after_s(error) -> float:
     """Seconds a 429/503 answer asked us to wait (Retry-After header), capped at 60; 0 if none."""
     response = getattr(error, "response", None)
     if response is None:

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import tyro
 
 from plare_jax.methods import METHODS
+from plare_jax.methods import rlvlmf as rlvlmf_method
+from plare_jax.methods.pbc import PBCOptions
 
 # `--method` choices, from the registry (adding a method there adds it here).
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -74,6 +76,9 @@ class ExperimentConfig:
     scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
     unsure: Literal["drop", "tie"] = "drop"
     """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
+    max_unlabeled_fraction: float = 0.1
+    """Stop before training if more than this share of a task's pairs got no VLM label (failed or
+    malformed answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
 
     # Offline data and pairs.
     num_episodes: int = 120
@@ -148,6 +153,11 @@ class ExperimentConfig:
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Cache of offline datasets and the persistent label store, reused across runs."""
     vlm: VLMOptions = VLMOptions()
+    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
+    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
+    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
+    pbc: PBCOptions = PBCOptions()
+    """Percentile BC (oracle reference)."""
 
     @property
     def total_steps(self) -> int:
@@ -165,8 +175,16 @@ class ExperimentConfig:
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):
-        """The method's own options (a field named after it), or None if it has none."""
-        return getattr(self, name, None)
+        """The method's own options (a field named after it), or None if it has none.
+
+        Options with a `schedule_steps` field (a learning-rate schedule's length) get the run's
+        update budget, so the schedule follows --bc-steps/--cpl-steps.
+        """
+        options = getattr(self, name, None)
+        if dataclasses.is_dataclass(options) and any(
+                f.name == "schedule_steps" for f in dataclasses.fields(options)):
+            options = dataclasses.replace(options, schedule_steps=max(1, self.total_steps))
+        return options
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -220,6 +238,8 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
+    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
+        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

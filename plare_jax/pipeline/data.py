@@ -11,6 +11,7 @@ import numpy as np
 from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
 from plare_jax.labeling.base import PairBatch, preferences_to_targets
+from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.methods.base import TrainingData
@@ -88,6 +89,9 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
                                      progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
     print(f"[{task} data seed {data_seed}] labels ({choice.kind}):\n{format_report(report)}")
+    # Missing labels are weight 0: past the limit, "plare" would be little more than BC. Stop here,
+    # before any training, rather than report it (LabelCoverageError says what to do).
+    report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
 
     # pbc's oracle score per episode: the simulator's return (it reads ground truth by design).
     training = training_data(dataset, pairs, preferences, unsure=config.unsure,

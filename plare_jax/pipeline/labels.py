@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import shutil
@@ -15,7 +16,7 @@ from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import PairBatch
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
-from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, task_text
+from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight, task_text
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig
 
 VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
@@ -36,6 +37,9 @@ def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
     base_url = config.vlm.base_url or os.environ.get(VLM_BASE_URL_ENV)
     if base_url:
         check_endpoint(vlm_config(config, base_url))  # raises VLMEndpointError with a clear message
+        # One real stage-1 request (two tiny images): a server that takes no images, or too few per
+        # prompt, stops the run here with its own message (VLMConfigError), before any data work.
+        preflight(vlm_config(config, base_url))
         return LabelerChoice("vlm", f"endpoint {base_url}", base_url=base_url)
     has_vllm = shutil.which("vllm") is not None
     if config.vlm.launch and not has_vllm:
@@ -60,7 +64,7 @@ def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
     return VLMConfig(
         base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
         concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,
-        max_retries=config.vlm.max_retries,
+        max_retries=config.vlm.max_retries, num_keyframes=config.num_keyframes,
     )
 
 
@@ -99,8 +103,8 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
     return np.concatenate(preferences), merge_stats(stats_list)
 
 
-_SUMMED_STATS = ("pairs", "queried_pairs", "cache_hits", "requests", "retries", "malformed", "failed",
-                 "unsure", "prompt_tokens", "completion_tokens", "wall_s")
+_SUMMED_STATS = ("pairs", "queried_pairs", "cache_hits", "requests", "retries", "labelled", "unsure_answers",
+                 "malformed", "failed", "unsure", "prompt_tokens", "completion_tokens", "wall_s")
 
 
 def merge_stats(stats_list: list[dict]) -> dict:
@@ -117,6 +121,11 @@ def merge_stats(stats_list: list[dict]) -> dict:
     for name in merged:
         if name.startswith("latency_"):
             merged[name] = max(stats[name] for stats in stats_list)
+    if "failure_reasons" in merged:
+        reasons = collections.Counter()
+        for stats in stats_list:
+            reasons.update(stats.get("failure_reasons") or {})
+        merged["failure_reasons"] = dict(reasons.most_common(5))
     wall = merged.get("wall_s") or 0.0
     if wall > 0:
         merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall

@@ -8,9 +8,10 @@ import sys
 
 from plare_jax import plotting, runs
 from plare_jax.labeling import launcher as vllm_launcher
+from plare_jax.labeling.vlm import preflight
 from plare_jax.pipeline.config import ExperimentConfig, config_from_dict, validate
 from plare_jax.pipeline.data import prepare_task
-from plare_jax.pipeline.labels import choose_labeler
+from plare_jax.pipeline.labels import choose_labeler, vlm_config
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.pipeline.train import train_seed
 
@@ -59,6 +60,8 @@ def run(config: ExperimentConfig) -> dict:
     try:
         datas = {}
         with launch_context as base_url:  # the VLM server lives only for the labeling stage
+            if choice.launch:  # a given endpoint was checked by choose_labeler already
+                preflight(vlm_config(config, base_url))
             for task in tasks:
                 task_summaries[task] = {}
                 for data_seed in config.data_seeds:
