@@ -28,6 +28,7 @@ import tyro  # noqa: E402
 from plare_jax import runs  # noqa: E402
 from plare_jax.data.recorded import RecordedDataError  # noqa: E402
 from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
+from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
 from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError  # noqa: E402
 from plare_jax.pipeline.offline import OfflineConfig, run_offline  # noqa: E402
@@ -37,7 +38,7 @@ def cli(argv: list[str] | None = None) -> int:
     config = tyro.cli(OfflineConfig, args=argv, description=__doc__)
     try:
         run_offline(config)
-    except (ConfigError, RecordedDataError, runs.RunDirError, VLMEndpointError,
+    except (ConfigError, RecordedDataError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
             vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -248,3 +248,33 @@ def test_eval_env_and_action_scaling(tmp_path):
     assert policy.meta["normalization"] == {"observations": "zscore", "actions": "minmax"}
     acts = policy.act(observations[:50])
     assert acts.min() >= -2.0 - 1e-5 and acts.max() <= 2.0 + 1e-5 and np.abs(acts).max() > 1.0
+
+
+@pytest.mark.slow
+def test_every_registered_method_trains_and_exports(tmp_path):
+    """Every method of the registry runs on recorded data, and each export equals its jitted policy."""
+    from plare_jax.data.recorded import load_recorded
+    from plare_jax.export import load_policy
+    from plare_jax.methods import METHODS, get_method
+    from plare_jax.pipeline.labels import LabelerChoice
+    from plare_jax.pipeline.offline import OfflineConfig, prepare_data, restore_final_state
+
+    data = toy_dataset(tmp_path / "data")
+    methods = list(METHODS)
+    assert in_process(["--data", str(data), "--out-dir", str(tmp_path / "runs"), "--run-name", "all",
+                       "--method", *methods, *TINY]) == 0
+    run = tmp_path / "runs" / "all"
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["methods"]) == methods
+    config = OfflineConfig(data=data, method=tuple(methods), num_pairs=40, segment_length=10, hidden_dims=(16, 16),
+                           batch_pairs=8, bc_batch_size=64, bc_steps=40, cpl_steps=40, metrics_every=20,
+                           eval_every=40, warmup_steps=5, holdout_fraction=0.25)
+    ds = load_recorded(data)
+    prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
+    norm = prepared.normalizer
+    for name in methods:
+        state = restore_final_state(config, prepared, name, 0, run / "seed0")
+        expected = norm.actions_from_policy(get_method(name).policy_fn(state)(norm.observations(ds.observations[:6])))
+        exported = load_policy(run / "seed0" / "export" / name / "policy.npz").act(ds.observations[:6])
+        np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5, err_msg=name)
+        assert 0.0 <= results["methods"][name]["heldout_accuracy"]["mean"] <= 1.0

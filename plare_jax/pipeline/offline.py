@@ -30,12 +30,15 @@ from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_se
 from plare_jax.export import Normalizer, export_policy
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
+from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import BC_PHASE, METHODS, get_method
-from plare_jax.pipeline.config import ConfigError, VLMOptions
+from plare_jax.methods import rlvlmf as rlvlmf_method
+from plare_jax.methods.pbc import PBCOptions
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.train import learner_config, method_evals, train_seed
@@ -68,6 +71,9 @@ class OfflineConfig:
     """Scripted teacher: probability of flipping a label."""
     unsure: Literal["drop", "tie"] = "drop"
     """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
+    max_unlabeled_fraction: float = 0.1
+    """Stop before training if more than this share of the pairs got no VLM label (failed or malformed
+    answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
     method: tuple[MethodName, ...] = ("plare", "bc")
     """Methods to train, all on the same pairs and labels (see experiments/metaworld.py --help)."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
@@ -132,14 +138,19 @@ class OfflineConfig:
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
     vlm: VLMOptions = VLMOptions()
+    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
+    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
+    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
+    pbc: PBCOptions = PBCOptions()
+    """Percentile BC (oracle reference; needs stored rewards)."""
 
     @property
     def total_steps(self) -> int:
         return self.bc_steps + self.cpl_steps
 
     def method_options(self, name: str):
-        """The method's own options (a field named after it), or None if it has none."""
-        return getattr(self, name, None)
+        """The method's own options, as in the MetaWorld experiment (schedules follow the budget)."""
+        return ExperimentConfig.method_options(self, name)
 
 
 def validate(config: OfflineConfig) -> None:
@@ -168,6 +179,8 @@ def validate(config: OfflineConfig) -> None:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
     if not 0.0 < config.bias <= 1.0:
         raise ConfigError("--bias must be in (0, 1]")
+    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
+        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
     try:
         kwargs = json.loads(config.eval_env_kwargs)
     except json.JSONDecodeError as e:
@@ -299,6 +312,8 @@ def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, cho
         report = label_statistics(preferences, stats)
         print(f"labels ({choice.kind}): {report['pairs']} pairs, first {report['first']}, second "
               f"{report['second']}, unsure {report['unsure']} (no rewards stored: accuracy not measurable)")
+    if choice.kind == "vlm":  # too many failed/malformed answers: stop before training (says what to do)
+        report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
     train_index, heldout_index = split_pairs(pairs.num_pairs, config.holdout_fraction, config.data_seed)
     normalizer = Normalizer.fit(dataset.observations, dataset.actions, observation=config.obs_norm,
                                 action=config.action_scaling)
@@ -451,6 +466,22 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
         manager.close()
 
 
+def policy_params(state):
+    """The `PolicyMLP` parameters of a method's state (what `export_policy` writes).
+
+    Methods keep their actor in different places: `LearnerState.params` (plare, bc, sft),
+    `.policy.params` (pbc), `.actor_params` (rlvlmf).
+    """
+    if hasattr(state, "actor_params"):
+        return state.actor_params
+    if hasattr(state, "policy") and hasattr(state.policy, "params"):
+        return state.policy.params
+    if hasattr(state, "params"):
+        return state.params
+    raise TypeError(f"cannot find the policy parameters of a {type(state).__name__}; give the method's state "
+                    "an actor_params, policy.params or params field")
+
+
 def run_offline(config: OfflineConfig) -> dict:
     """Checks, labels, trains, evaluates and exports; returns results.json's content."""
     dataset, text, choice = check_inputs(config)  # every input error surfaces here
@@ -486,7 +517,7 @@ def run_offline(config: OfflineConfig) -> dict:
                     curves[metric][method_name].append(
                         [(r["step"], r[key]) for r in evals if r.get(key) is not None])
             state = restore_final_state(config, prepared, method_name, seed, unit)
-            path = export_policy(state.params, prepared.normalizer, unit / "export" / method_name, extra_meta={
+            path = export_policy(policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
                 "task_text": text, "method": method_name, "seed": seed,
                 "observation_names": dataset.card.get("observation_names"),
                 "action_names": dataset.card.get("action_names"),
