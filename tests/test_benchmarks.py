@@ -117,6 +117,22 @@ def test_labeling_benchmark_tiny(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (_has("pyarrow") and _has("minari")), reason="needs the [import] extra")
+def test_recorded_benchmark_tiny(tmp_path):
+    out = tmp_path / "recorded.json"
+    proc = run_script("recorded.py", "--tiny", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["import-lerobot", "import-minari", "import-minari",
+                                        "keyframes", "keyframes", "keyframes"]
+    assert all(r["rate"] > 0 and r["wall_s"] > 0 for r in rows)
+    assert rows[0]["steps"] == 2 * 40 and rows[1]["steps"] == rows[2]["steps"] == 2 * 40
+    video, baseline, npy = rows[3:]
+    assert video["frames"] == npy["frames"] == 6 * 2 * 3 and baseline["frames"] == 2 * 2 * 3
+    assert npy["mean_abs_diff_vs_video"] < 8  # the same pictures, up to H.264 loss
+    assert "keyframes/s" in proc.stdout and "steps/s" in proc.stdout
+
+
+@pytest.mark.slow
 def test_methods_benchmark_tiny(tmp_path):
     out = tmp_path / "methods.json"
     proc = run_script("methods.py", "--tiny", "--iql-batch", "32", "64", "--out", str(out))

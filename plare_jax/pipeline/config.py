@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 
 import tyro
 
-from plare_jax.envs.tasks import resolve_task
 from plare_jax.methods import METHODS
 from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
@@ -184,6 +183,8 @@ class ExperimentConfig:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        from plare_jax.envs.tasks import resolve_task  # MetaWorld only here: recorded-data runs never import it
+
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):

@@ -10,7 +10,6 @@ import numpy as np
 
 from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
-from plare_jax.envs.collect import CollectionConfig, collect_dataset
 from plare_jax.labeling.base import PairBatch, preferences_to_targets
 from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
@@ -67,6 +66,9 @@ def training_data(dataset: OfflineDataset, pairs: SegmentPairs, preferences: np.
 def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, data_seed: int,
                  base_url: str | None, data_dir: pathlib.Path) -> TaskData:
     """Dataset -> pairs -> labels for one task and data seed; cached stages load in seconds."""
+    # MetaWorld is imported here, not at module level: recorded-data runs use this module too.
+    from plare_jax.envs.collect import CollectionConfig, collect_dataset
+
     timings = {}
     t0 = time.perf_counter()
     dataset = collect_dataset(

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 
 from plare_jax.data.segments import SegmentPairs
-from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
+from plare_jax.data.keyframes import encode_png
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import PairBatch
 from plare_jax.labeling.scripted import ScriptedTeacher
@@ -84,6 +84,9 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
         result = teacher.label(PairBatch(goal_text, returns=teacher_scores(config, pairs)),
                                progress=False)
         return result.preferences, result.stats
+    # MetaWorld rendering is imported here, not at module level: recorded-data runs use this module too.
+    from plare_jax.envs.render import RenderConfig, render_pair_images
+
     render_config = RenderConfig(num_keyframes=config.num_keyframes)
     labeler_config = vlm_config(config, base_url)
     preferences, stats_list = [], []
