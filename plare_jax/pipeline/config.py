@@ -75,10 +75,10 @@ class ExperimentConfig:
     preset: Literal["quick", "paper"] = "quick"
     """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
     method: tuple[MethodName, ...] = ("plare", "bc")
-    """Methods to train, all on the same data and labels. plare, bc and sft continue one shared BC
-    phase (bc keeps cloning, so every method gets the same number of policy updates); methods that
-    start from scratch (rlvlmf, pbc) run bc-steps + cpl-steps updates. pbc reads the simulator's
-    returns: an oracle reference, not a competitor."""
+    """Methods to train, all on the same data and labels. plare (CPL), rlvlmf (reward model + IQL),
+    sft (BC on preferred segments) and bc (keeps cloning, labels unused) continue one shared BC
+    phase with --cpl-steps updates each; pbc starts from scratch with bc-steps + cpl-steps updates
+    and reads the simulator's returns: an oracle reference, not a competitor."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
     """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
     labeler: Literal["auto", "vlm", "scripted"] = "auto"
