@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--stretch-prob", type=float, default=None, help="override the per-task default")
     parser.add_argument("--decoy-prob", type=float, default=None, help="override the per-task default")
+    parser.add_argument("--misperceive-prob", type=float, default=None, help="override the per-task default")
     parser.add_argument("--pairs", type=int, default=2000,
                         help="random 64-step segment pairs on which return and progress labels are compared")
     args = parser.parse_args(argv)
@@ -40,12 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    print("task          eps  steps/s  success  ret min / q25 / median / q75 / max  stretch decoy  return~progress")
+    print("task          eps  steps/s  success  ret min / q25 / median / q75 / max  stretch decoy misperceive  return~progress")
     with tempfile.TemporaryDirectory() as cache:
         for task in args.tasks:
             config = CollectionConfig(
                 task, num_episodes=args.episodes, horizon=args.horizon, seed=args.seed, stretch_prob=args.stretch_prob,
-                decoy_prob=args.decoy_prob,
+                decoy_prob=args.decoy_prob, misperceive_prob=args.misperceive_prob,
             )
             started = time.perf_counter()
             ds = collect_dataset(config, cache_dir=cache, workers=args.workers, progress=False)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
             print(
                 f"{task:12s} {ds.num_episodes:4d} {ds.num_steps / elapsed:8.0f}  {ds.episode_success.mean():6.2f}"
-                f"   {q[0]:6.0f} / {q[1]:6.0f} / {q[2]:6.0f} / {q[3]:6.0f} / {q[4]:6.0f}   {config.resolved_stretch_prob}  {config.resolved_decoy_prob}  {agreement:.2f}",
+                f"   {q[0]:6.0f} / {q[1]:6.0f} / {q[2]:6.0f} / {q[3]:6.0f} / {q[4]:6.0f}   {config.resolved_stretch_prob}  {config.resolved_decoy_prob}  "
+                f"{config.resolved_misperceive_prob}  {agreement:.2f}",
                 flush=True,
             )
 

@@ -168,6 +168,22 @@ def test_peak_memory_counts_the_whole_process_tree(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (_has("pyarrow") and _has("minari")), reason="needs the [import] extra")
+def test_recorded_benchmark_tiny(tmp_path):
+    out = tmp_path / "recorded.json"
+    proc = run_script("recorded.py", "--tiny", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["import-lerobot", "import-minari", "import-minari",
+                                        "keyframes", "keyframes", "keyframes"]
+    assert all(r["rate"] > 0 and r["wall_s"] > 0 for r in rows)
+    assert rows[0]["steps"] == 2 * 40 and rows[1]["steps"] == rows[2]["steps"] == 2 * 40
+    video, baseline, npy = rows[3:]
+    assert video["frames"] == npy["frames"] == 6 * 2 * 3 and baseline["frames"] == 2 * 2 * 3
+    assert npy["mean_abs_diff_vs_video"] < 8  # the same pictures, up to H.264 loss
+    assert "keyframes/s" in proc.stdout and "steps/s" in proc.stdout
+
+
+@pytest.mark.slow
 def test_methods_benchmark_tiny(tmp_path):
     out = tmp_path / "methods.json"
     proc = run_script("methods.py", "--tiny", "--iql-batch", "32", "64", "--out", str(out))
@@ -181,3 +197,18 @@ def test_methods_benchmark_tiny(tmp_path):
     assert rlvlmf["seconds"] == pytest.approx(rlvlmf["reward_s"] + rlvlmf["iql_s"])
     assert rlvlmf["iql_s"] == pytest.approx(6000 / rows[("rlvlmf iql", 32)]["steps_per_s"])
     assert "steps/s" in proc.stdout and "training s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_data_tiny(tmp_path):
+    """Collects a tiny misperceived dataset, trains BC briefly, and appends one JSON record."""
+    out = tmp_path / "calibration.jsonl"
+    common = ("--task", "drawer-open", "--episodes", "2", "--horizon", "30", "--workers", "1", "--out", str(out))
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "1", "--misperceive-offset", "0", "-0.07", "0",
+               "--bc", "--bc-steps", "100", "--eval-episodes", "2")
+    run_script("calibrate_data.py", *common, "--misperceive-prob", "0")
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["config"]["misperceive_offset"] == [0.0, -0.07, 0.0]
+    assert first["data_success"]["misperceived"]["episodes"] == 2 and first["data_success"]["plain"]["episodes"] == 0
+    assert set(first["bc_success"]) == {"0"} and 0.0 <= first["bc_success"]["0"] <= 1.0
+    assert second["data_success"]["plain"]["episodes"] == 2 and second["bc_success"] == {}

@@ -71,12 +71,16 @@ def test_paper_preset_sets_reference_settings():
     [
         (["--env", "sweep-intoo"], "sweep-into"),
         (["--segment-length", "400"], "--segment-length"),
+        (["--misperceive-prob", "1.5"], "--misperceive-prob"),
         (["--bc-steps", "150", "--metrics-every", "100"], "--bc-steps"),
         (["--labeler", "vlm"], "--vlm.base-url"),
         (["--labeler", "vlm", "--vlm.base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9"),
         (["--vlm.launch"], "--vlm.launch needs the `vllm` executable"),
         (["--seeds", "-1"], "--seeds must be non-negative"),
         (["--seeds", "0", "0"], "lists a seed twice"),
+        (["--vlm.launch", "--vlm.executable", "no/such/bin/vllm"], "'no/such/bin/vllm' not found"),
+        (["--vlm.serve-args=--dtype 'float32"], "--vlm.serve-args"),
+        (["--vlm.max-tokens", "0"], "--vlm.max-tokens"),
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):

@@ -43,13 +43,18 @@ FAKE_VLLM = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def fake_vllm(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
+def _write_fake_vllm(bin_dir):
     bin_dir.mkdir()
     exe = bin_dir / "vllm"
     exe.write_text(FAKE_VLLM.format(python=sys.executable, repo=REPO_ROOT))
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return exe
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    _write_fake_vllm(bin_dir)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     record = tmp_path / "record.json"
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
@@ -100,6 +105,32 @@ def test_default_allows_two_images_per_prompt(fake_vllm):
     with launch_vllm(MODEL, startup_timeout_s=60):
         argv = json.loads(fake_vllm.read_text())["argv"]
     assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 2}
+
+
+def test_default_passes_gpu_memory_utilization(fake_vllm):
+    with launch_vllm(MODEL, startup_timeout_s=60):
+        argv = json.loads(fake_vllm.read_text())["argv"]
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.9"
+
+
+def test_executable_by_path_and_no_gpu_flag_for_cpu_builds(tmp_path, monkeypatch):
+    # A vLLM in its own venv (not on PATH), as the CPU build of tests/vllm_cpu is.
+    exe = _write_fake_vllm(tmp_path / "venv_bin")
+    record = tmp_path / "record.json"
+    monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with launch_vllm(MODEL, executable=str(exe), gpu_memory_utilization=None, startup_timeout_s=60) as base_url:
+        check_endpoint(VLMConfig(base_url=base_url, model=MODEL))
+    argv = json.loads(record.read_text())["argv"]
+    assert argv[:2] == ["serve", MODEL]
+    assert "--gpu-memory-utilization" not in argv
+
+
+def test_missing_executable_path_names_it(tmp_path):
+    missing = tmp_path / "no_venv" / "bin" / "vllm"
+    with pytest.raises(VLLMNotFoundError, match="no_venv"):
+        with launch_vllm(MODEL, executable=str(missing)):
+            pass
 
 
 def test_server_that_dies_gives_error_with_log_tail(fake_vllm, monkeypatch):

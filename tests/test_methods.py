@@ -100,7 +100,7 @@ def test_registry_has_every_method_with_its_flags():
     assert {"plare", "bc", "rlvlmf", "sft", "pbc"} <= set(METHODS)
     assert get_method("pbc").oracle and not any(get_method(m).oracle for m in ("plare", "bc", "rlvlmf", "sft"))
     assert get_method("sft").starts_from_bc_phase
-    assert not get_method("rlvlmf").starts_from_bc_phase and not get_method("pbc").starts_from_bc_phase
+    assert get_method("rlvlmf").starts_from_bc_phase and not get_method("pbc").starts_from_bc_phase
     assert all(m.description for m in METHODS.values())
 
 
@@ -247,6 +247,25 @@ def test_sft_clones_only_confident_preferred_segments_and_learns_the_good_action
     no_confident = dataclasses.replace(data, labels=np.full_like(data.labels, 0.5))
     with pytest.raises(ValueError, match="confident label"):
         method.device_data(state, no_confident)
+
+
+def test_rlvlmf_continues_the_bc_phase_policy_and_counts_only_iql_updates():
+    data = synthetic_data(seed=6)
+    bc_phase, _ = run(get_method("bc"), data, 200)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, schedule_steps=600)  # the run's budget: 200 BC + 400 IQL
+    state = method.create(jax.random.key(0), POLICY, data, init=bc_phase, options=options)
+    # The actor starts as the BC policy (same actions), the step count continues the BC phase's,
+    # and the actor's schedule spans only the IQL updates left.
+    obs = data.observations[:16]
+    np.testing.assert_array_equal(method.policy_fn(state)(obs), get_method("bc").policy_fn(bc_phase)(obs))
+    assert int(state.step) == 200 and int(state.iql_start) == 200 and state.config.schedule_steps == 400
+    state, metrics = method.train(state, method.device_data(state, data), jax.random.key(1), 400,
+                                  metrics_every=100)
+    assert int(state.step) == 600 and method.report(state, data)["iql_steps"] == 400
+    lr = np.asarray(metrics["learning_rate"])
+    assert lr[0] > 0.9 * options.lr and lr[-1] < 0.1 * options.lr  # one full cosine over the IQL updates
+    assert alignment(method.policy_fn(state)) > 0.6
 
 
 def test_pbc_clones_the_top_episodes_and_needs_episode_scores():

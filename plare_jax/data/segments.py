@@ -8,10 +8,32 @@ no off-by-one shift between observations and actions.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 
-from plare_jax.data.dataset import OfflineDataset
+
+class StepData(Protocol):
+    """What segments need of a dataset: MetaWorld's `OfflineDataset` and `RecordedDataset` both fit.
+
+    Rows are steps of episodes concatenated in step order; `rewards` and `successes` may be None
+    (recorded data without a reward signal), and then pairs carry NaN returns and progress.
+    """
+
+    observations: np.ndarray  # [N, O]
+    actions: np.ndarray  # [N, A]
+    episode_ids: np.ndarray  # [N] int, 0..E-1, contiguous
+    rewards: np.ndarray | None  # [N]
+    successes: np.ndarray | None  # [N] bool
+
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def episode_starts(self) -> np.ndarray: ...
+
+    @property
+    def episode_lengths(self) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -21,14 +43,16 @@ class SegmentPairs:
     Attributes:
         starts: [P, 2] int64 row index of each segment's first step.
         length: T, steps per segment.
-        returns: [P, 2] float32 ground-truth segment return (sum of rewards over the segment).
-        successes: [P, 2] bool, whether the segment contains a success step.
+        returns: [P, 2] float32 ground-truth segment return (sum of rewards over the segment);
+            NaN when the dataset has no rewards.
+        successes: [P, 2] bool, whether the segment contains a success step (False when the
+            dataset has no success flags).
         progress: [P, 2] float32 change of the dense reward over the segment: the mean
             reward of its last `progress_window(T)` steps minus that of its first ones.
             MetaWorld's shaped reward measures how far the task has come, so the return
             mostly says WHERE a segment is (which phase of the task) and progress says
             how much its actions advanced it -- an advantage-like score, the kind of
-            preference (regret) model CPL assumes.
+            preference (regret) model CPL assumes. NaN when the dataset has no rewards.
     """
 
     starts: np.ndarray
@@ -52,7 +76,7 @@ def progress_window(segment_length: int) -> int:
     return max(1, segment_length // 8)
 
 
-def valid_segment_starts(ds: OfflineDataset, segment_length: int) -> np.ndarray:
+def valid_segment_starts(ds: StepData, segment_length: int) -> np.ndarray:
     """All rows where a segment of `segment_length` fits inside one episode.
 
     Returns:
@@ -77,7 +101,7 @@ def valid_segment_starts(ds: OfflineDataset, segment_length: int) -> np.ndarray:
     return (base + offsets).astype(np.int64)
 
 
-def gather_segments(ds: OfflineDataset, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+def gather_segments(ds: StepData, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Observations and actions of segments.
 
     Args:
@@ -96,7 +120,7 @@ def gather_segments(ds: OfflineDataset, starts: np.ndarray, length: int) -> tupl
     return ds.observations[rows], ds.actions[rows]
 
 
-def _segment_rows(ds: OfflineDataset, starts: np.ndarray, length: int) -> np.ndarray:
+def _segment_rows(ds: StepData, starts: np.ndarray, length: int) -> np.ndarray:
     starts = np.asarray(starts, dtype=np.int64)
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
@@ -108,7 +132,7 @@ def _segment_rows(ds: OfflineDataset, starts: np.ndarray, length: int) -> np.nda
 
 
 def sample_segment_pairs(
-    ds: OfflineDataset, num_pairs: int, *, segment_length: int = 64, rng: np.random.Generator
+    ds: StepData, num_pairs: int, *, segment_length: int = 64, rng: np.random.Generator
 ) -> SegmentPairs:
     """Draws pairs of segments uniformly over all valid windows (with replacement).
 
@@ -135,9 +159,16 @@ def sample_segment_pairs(
     second = (first + rng.integers(1, candidates.size, size=num_pairs)) % candidates.size
     starts = np.stack([candidates[first], candidates[second]], axis=1)
     rows = _segment_rows(ds, starts, segment_length)
-    returns = ds.rewards.astype(np.float64)[rows].sum(axis=-1).astype(np.float32)
-    successes = ds.successes[rows].any(axis=-1)
+    if ds.successes is None:
+        successes = np.zeros(starts.shape, bool)
+    else:
+        successes = ds.successes[rows].any(axis=-1)
+    if ds.rewards is None:
+        nan = np.full(starts.shape, np.nan, np.float32)
+        return SegmentPairs(starts=starts, length=segment_length, returns=nan, successes=successes,
+                            progress=nan.copy())
     rewards = ds.rewards.astype(np.float64)[rows]
+    returns = rewards.sum(axis=-1).astype(np.float32)
     k = progress_window(segment_length)
     progress = (rewards[..., -k:].mean(axis=-1) - rewards[..., :k].mean(axis=-1)).astype(np.float32)
     return SegmentPairs(starts=starts, length=segment_length, returns=returns, successes=successes,

@@ -9,6 +9,11 @@ alone, the stretches make them lose time (and often the episode). On tasks whose
 the goal from the observation, a per-episode "decoy" mode (its own random stream
 `[seed, episode, 1]`) shows the expert a shifted goal: a consistent, state-dependent mistake
 like a half-trained policy's, which BC cannot average away as it does zero-mean stretches.
+A second per-episode mode, "misperceived object" (stream `[seed, episode, 2]`), works on tasks
+whose expert reads the first object's position (the four paper tasks and most others): for the
+whole episode the expert sees it shifted by a fixed offset, so it reaches, grasps or pushes
+beside it. The offset is the same in every misperceived episode, as a half-trained policy's bias
+is; a direction drawn per episode would be zero-mean, which BC is expected to average away.
 Episodes run the full horizon; they do not stop at success, so segments after a success exist.
 
 Determinism: an episode depends only on (config, episode index), never on which worker ran
@@ -37,20 +42,37 @@ from plare_jax.envs.sim import MAX_EPISODE_STEPS, SIM_STATE_SPEC, ExpertPolicy, 
 from plare_jax.envs.tasks import resolve_task
 from plare_jax.interrupts import raise_if_stopped
 
-# Per-task generation mix, calibrated at a 250-step horizon so that roughly 30-60% of episodes
-# succeed (benchmarks/data_report.py measures it). Tasks whose scripted expert reads the goal
-# from the observation get half their episodes from a decoy-goal expert (a systematic mistake
-# BC cannot average away) and fewer random stretches; the others get stretches only.
+# Per-task generation mix, calibrated at a 250-step horizon on data seed 0 so that roughly 30-60%
+# of episodes succeed and BC on the data stays clearly below 1.0 (docs/data_modes.md;
+# benchmarks/calibrate_data.py measures both). Each paper task gets about half its episodes from a
+# systematic mistake BC cannot average away, and fewer random stretches: sweep-into and
+# plate-slide (experts that read the goal) a decoy goal, drawer-open and door-open (experts that
+# ignore the goal) a misperceived handle. Other tasks get stretches only.
 DEFAULT_STRETCH_PROB: dict[str, float] = {
     "sweep-into-v3": 0.05,
-    "drawer-open-v3": 0.085,
-    "door-open-v3": 0.1,
+    "drawer-open-v3": 0.03,
+    "door-open-v3": 0.04,
     "plate-slide-v3": 0.05,
 }
 DEFAULT_DECOY_PROB: dict[str, float] = {
     "sweep-into-v3": 0.5,
     "plate-slide-v3": 0.5,
 }
+# Misperceived-object mode (see CollectionConfig.misperceive_prob): calibrated on data seed 0 only
+# (docs/data_modes.md) so that BC on the data stays clearly below 1.0.
+# The offset is towards the robot (-y): the expert comes down in front of the handle and pulls
+# or pushes at air, a few cm short of it.
+DEFAULT_MISPERCEIVE_PROB: dict[str, float] = {
+    "drawer-open-v3": 0.5,
+    "door-open-v3": 0.5,
+}
+DEFAULT_MISPERCEIVE_OFFSET: dict[str, tuple[float, float, float]] = {
+    "drawer-open-v3": (0.0, -0.05, 0.0),
+    "door-open-v3": (0.0, -0.06, 0.0),
+}
+FALLBACK_MISPERCEIVE_OFFSET = (0.0, -0.05, 0.0)
+# Observation entries of the first object's position: current (4:7) and previous frame (22:25).
+OBJECT_POS_SLICES = (slice(4, 7), slice(22, 25))
 FALLBACK_STRETCH_PROB = 0.1
 
 
@@ -76,6 +98,15 @@ class CollectionConfig:
             always hold the true goal.
             None = per-task default (DEFAULT_DECOY_PROB, else 0).
         decoy_offset: xyz offset of the decoy goal from the true goal, in metres.
+        misperceive_prob: per-episode probability that, for the whole episode, the expert sees
+            the first object's position (the drawer or door handle, the cube, the puck; obs
+            4:7 and its previous-frame copy 22:25) shifted by `misperceive_offset`, so it
+            reaches and pushes beside it: a systematic, state-consistent mistake on any task.
+            The stored observations always hold the true position.
+            None = per-task default (DEFAULT_MISPERCEIVE_PROB, else 0).
+        misperceive_offset: xyz offset of the perceived object position, in metres; the same
+            in every misperceived episode (a bias, not zero-mean noise).
+            None = per-task default (DEFAULT_MISPERCEIVE_OFFSET, else FALLBACK_MISPERCEIVE_OFFSET).
     """
 
     task: str
@@ -88,6 +119,8 @@ class CollectionConfig:
     action_noise: float = 0.1
     decoy_prob: float | None = None
     decoy_offset: tuple[float, float, float] = (0.15, 0.0, 0.0)
+    misperceive_prob: float | None = None
+    misperceive_offset: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         resolve_task(self.task)  # fail early on a bad name
@@ -105,6 +138,11 @@ class CollectionConfig:
             raise ValueError(f"decoy_prob must be in [0, 1], got {self.decoy_prob}")
         if len(self.decoy_offset) != 3:
             raise ValueError(f"decoy_offset must be 3 numbers (x, y, z), got {self.decoy_offset}")
+        if self.misperceive_prob is not None and not 0.0 <= self.misperceive_prob <= 1.0:
+            raise ValueError(f"misperceive_prob must be in [0, 1] or None, got {self.misperceive_prob}")
+        if self.misperceive_offset is not None and len(self.misperceive_offset) != 3:
+            raise ValueError(
+                f"misperceive_offset must be 3 numbers (x, y, z) in metres or None, got {self.misperceive_offset}")
 
     @property
     def task_id(self) -> str:
@@ -122,12 +160,27 @@ class CollectionConfig:
             return float(self.decoy_prob)
         return DEFAULT_DECOY_PROB.get(self.task_id, 0.0)
 
+    @property
+    def resolved_misperceive_prob(self) -> float:
+        if self.misperceive_prob is not None:
+            return float(self.misperceive_prob)
+        return DEFAULT_MISPERCEIVE_PROB.get(self.task_id, 0.0)
+
+    @property
+    def resolved_misperceive_offset(self) -> tuple[float, float, float]:
+        offset = self.misperceive_offset
+        if offset is None:
+            offset = DEFAULT_MISPERCEIVE_OFFSET.get(self.task_id, FALLBACK_MISPERCEIVE_OFFSET)
+        return tuple(float(x) for x in offset)
+
     def resolved(self) -> dict:
         """The config with the task id and defaults filled in (what the data depends on)."""
         out = dataclasses.asdict(self)
         out.update(task=self.task_id, stretch_prob=self.resolved_stretch_prob,
                    decoy_prob=self.resolved_decoy_prob,
-                   decoy_offset=[float(x) for x in self.decoy_offset])  # as JSON gives it back
+                   decoy_offset=[float(x) for x in self.decoy_offset],  # lists: as JSON gives them back
+                   misperceive_prob=self.resolved_misperceive_prob,
+                   misperceive_offset=list(self.resolved_misperceive_offset))
         return out
 
     def cache_key(self) -> str:
@@ -178,9 +231,7 @@ def run_episode(
         "layout": layout,
     }
     eps = config.resolved_stretch_prob
-    # A separate stream, so configs without decoys keep exactly their old episodes.
-    decoy = np.random.default_rng([config.seed, episode_index, 1]).random() < config.resolved_decoy_prob
-    goal_shift = np.asarray(config.decoy_offset, np.float64) if decoy else np.zeros(3)
+    goal_shift, object_shift = expert_shifts(config, episode_index)
     stretch_left = 0
     for t in range(h):
         out["observations"][t] = obs
@@ -200,6 +251,8 @@ def run_episode(
         else:
             expert_obs = obs.copy()
             expert_obs[-3:] += goal_shift  # the last 3 entries are the goal position
+            for index in OBJECT_POS_SLICES:
+                expert_obs[index] += object_shift
             action = expert(expert_obs) + noise
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         obs, reward, success = env.step(action)
@@ -207,6 +260,27 @@ def run_episode(
         out["rewards"][t] = reward
         out["successes"][t] = success
     return out
+
+
+def episode_modes(config: CollectionConfig, episode_index: int) -> dict[str, bool]:
+    """Which systematic modes episode `episode_index` runs: {"decoy": ..., "misperceived": ...}.
+
+    Each mode draws from its own stream ([seed, episode, 1] and [seed, episode, 2]), so adding a
+    mode, or changing one's probability, leaves the other's episodes and the main stream as they were.
+    """
+    return {
+        "decoy": bool(np.random.default_rng([config.seed, episode_index, 1]).random() < config.resolved_decoy_prob),
+        "misperceived": bool(
+            np.random.default_rng([config.seed, episode_index, 2]).random() < config.resolved_misperceive_prob),
+    }
+
+
+def expert_shifts(config: CollectionConfig, episode_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(goal shift [3], first-object shift [3]) the expert sees for the whole episode; zeros if none."""
+    modes = episode_modes(config, episode_index)
+    goal_shift = np.asarray(config.decoy_offset, np.float64) if modes["decoy"] else np.zeros(3)
+    object_shift = np.asarray(config.resolved_misperceive_offset, np.float64) if modes["misperceived"] else np.zeros(3)
+    return goal_shift, object_shift
 
 
 # One environment per worker process, built on first use.
@@ -327,10 +401,15 @@ def _assemble(config: CollectionConfig, episodes: list, key: str) -> OfflineData
             "scripted expert + N(0, action_noise) noise, with random stretches: per step, if none is "
             "running, start one with prob stretch_prob; k ~ U{stretch_min..stretch_max} uniform random "
             "actions; with prob decoy_prob per episode the expert is shown the goal shifted by "
-            "decoy_offset (a systematic mistake); episodes run the full horizon"
+            "decoy_offset (a systematic mistake); with prob misperceive_prob per episode the expert sees the "
+            "first object's position shifted by misperceive_offset for the whole episode (another "
+            "systematic mistake); episodes run the full horizon"
         ),
         "num_episodes": ds.num_episodes,
         "num_steps": ds.num_steps,
+        # Episode indices of each systematic mode, so success can be split by mode.
+        "decoy_episodes": [i for i in range(ds.num_episodes) if episode_modes(config, i)["decoy"]],
+        "misperceived_episodes": [i for i in range(ds.num_episodes) if episode_modes(config, i)["misperceived"]],
         "success_rate": float(ds.episode_success.mean()),
         "step_success_fraction": float(ds.successes.mean()),
         "episode_return": {

@@ -13,21 +13,20 @@ software GL; shadows, reflections and multisampling are switched off before the 
 from __future__ import annotations
 
 import dataclasses
-import io
 import multiprocessing
 import os
 import signal
 
 import mujoco
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from plare_jax.data.dataset import OfflineDataset
+# Keyframe choice, tiling and PNG encoding are simulator-free (shared with recorded data);
+# re-exported here for the MetaWorld path.
+from plare_jax.data.keyframes import SUBSAMPLED_FRAMES, encode_png, keyframe_offsets, tile_keyframes  # noqa: F401
 from plare_jax.data.segments import SegmentPairs
 from plare_jax.envs.sim import TaskEnv
-
-SUBSAMPLED_FRAMES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,18 +60,6 @@ class RenderConfig:
             raise ValueError(f"num_keyframes must be >= 1, got {self.num_keyframes}")
 
 
-def keyframe_offsets(segment_length: int, num_keyframes: int) -> np.ndarray:
-    """Steps within a segment shown as keyframes.
-
-    Returns:
-        [k] int64 offsets in 0..T-1; for T=64, k=3: [0, 36, 63].
-    """
-    if segment_length < 1 or num_keyframes < 1:
-        raise ValueError(f"need segment_length >= 1 and num_keyframes >= 1, got {segment_length}, {num_keyframes}")
-    sub = np.round(np.linspace(0, segment_length - 1, SUBSAMPLED_FRAMES)).astype(np.int64)
-    if num_keyframes > SUBSAMPLED_FRAMES:
-        return np.round(np.linspace(0, segment_length - 1, num_keyframes)).astype(np.int64)
-    return sub[np.round(np.linspace(0, SUBSAMPLED_FRAMES - 1, num_keyframes)).astype(np.int64)]
 
 
 class SceneRenderer:
@@ -135,32 +122,8 @@ class SceneRenderer:
         self._renderer.close()
 
 
-def tile_keyframes(frames: np.ndarray, *, captions: bool = True) -> np.ndarray:
-    """Tiles frames [k, H, W, 3] left to right into [H, W*k, 3], captioned "Timestep i"."""
-    k, h, w, _ = frames.shape
-    tiled = np.concatenate(list(frames), axis=1)
-    if not captions:
-        return tiled
-    image = Image.fromarray(tiled)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, h // 14))
-    for i in range(k):
-        text = f"Timestep {i}"
-        x, y = i * w + 4, 3
-        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
-        draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(255, 255, 255))
-        draw.text((x, y), text, fill=(0, 0, 0), font=font)
-    return np.asarray(image)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an image [H, W, 3] uint8."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an [H, W, 3] uint8 image, got {image.dtype} {image.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 _WORKER_RENDERER: dict[tuple, SceneRenderer] = {}
@@ -186,13 +149,13 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def render_rows(
-    ds: OfflineDataset, rows: np.ndarray, config: RenderConfig, *, workers: int | None = None, progress: bool = True
-) -> dict[int, np.ndarray]:
-    """Frames of dataset rows, grouped by episode and spread over processes.
+def iter_rendered_episodes(
+    ds: OfflineDataset, rows: np.ndarray, config: RenderConfig, *, workers: int | None = None
+):
+    """Frames of dataset rows, one episode at a time, spread over processes.
 
-    Returns:
-        {row: [H, W, 3] uint8} for every distinct row.
+    Yields:
+        (rows [n] int64, frames [n, H, W, 3] uint8) per episode that has rows, in any order.
     """
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     task = ds.task
@@ -203,19 +166,28 @@ def render_rows(
         ep_rows = rows[ds.episode_ids[rows] == episode]
         jobs.append((task, config, ep_rows, ds.episode_layouts[episode], ds.sim_states[ep_rows]))
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+    if workers == 1:
+        yield from map(_render_episode, jobs)
+        return
+    # workers ignore the terminal's Ctrl-C: the parent stops between chunks and ends the pool
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
+        yield from pool.imap_unordered(_render_episode, jobs)
+
+
+def render_rows(
+    ds: OfflineDataset, rows: np.ndarray, config: RenderConfig, *, workers: int | None = None, progress: bool = True
+) -> dict[int, np.ndarray]:
+    """Frames of dataset rows, grouped by episode and spread over processes.
+
+    Returns:
+        {row: [H, W, 3] uint8} for every distinct row.
+    """
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
     frames: dict[int, np.ndarray] = {}
     with tqdm(total=len(rows), desc="render keyframes", unit="frame", disable=not progress) as bar:
-        if workers == 1:
-            results = map(_render_episode, jobs)
-            for ep_rows, images in results:
-                frames.update(zip(ep_rows.tolist(), images))
-                bar.update(len(ep_rows))
-        else:
-            # workers ignore the terminal's Ctrl-C: the parent stops between chunks and ends the pool
-            with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
-                for ep_rows, images in pool.imap_unordered(_render_episode, jobs):
-                    frames.update(zip(ep_rows.tolist(), images))
-                    bar.update(len(ep_rows))
+        for ep_rows, images in iter_rendered_episodes(ds, rows, config, workers=workers):
+            frames.update(zip(ep_rows.tolist(), images))
+            bar.update(len(ep_rows))
     return frames
 
 

@@ -1,9 +1,10 @@
 """Start `vllm serve` as a subprocess for the length of a labeling job.
 
-Only the `vllm` executable is needed (vLLM is a CUDA-only optional extra, never
-imported here). The server gets a free loopback port; the context manager waits
-for `/health`, yields the base URL, and always shuts the server down (SIGTERM to
-its process group, then SIGKILL), also on Ctrl-C and exceptions.
+Only the `vllm` executable is needed (vLLM is an optional extra, never imported
+here): the one on PATH, or any path, e.g. a CPU build in its own venv. The server
+gets a free loopback port; the context manager waits for `/health`, yields the
+base URL, and always shuts the server down (SIGTERM to its process group, then
+SIGKILL), also on Ctrl-C and exceptions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ INSTALL_HINT = 'pip install "plare-jax[vlm]"  (vLLM needs a CUDA GPU)'
 
 
 class VLLMNotFoundError(RuntimeError):
-    """No `vllm` executable on PATH."""
+    """No `vllm` executable on PATH (or at the given path)."""
 
 
 class VLLMLaunchError(RuntimeError):
@@ -42,6 +43,11 @@ def local_gpu_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and "GPU" in out.stdout
+
+
+def find_vllm(executable: str = "vllm") -> str | None:
+    """The full path of `executable` (a name looked up on PATH, or a path), or None if it is not there."""
+    return shutil.which(os.path.expanduser(executable))
 
 
 def free_port() -> int:
@@ -90,12 +96,13 @@ def launch_vllm(
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
     max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float | None = 0.9,
     images_per_prompt: int | None = 2,
     extra_args: Sequence[str] = (),
     startup_timeout_s: float = 900,
     log_path: str | os.PathLike | None = None,
     shutdown_timeout_s: float = 30.0,
+    executable: str = "vllm",
 ) -> Iterator[str]:
     """Serves `model` with `vllm serve` on a free loopback port while the block runs.
 
@@ -104,7 +111,8 @@ def launch_vllm(
         tensor_parallel_size: GPUs per model replica.
         data_parallel_size: Model replicas.
         max_model_len: Context length limit (None: the model's).
-        gpu_memory_utilization: Fraction of GPU memory vLLM may take.
+        gpu_memory_utilization: Fraction of GPU memory vLLM may take. None leaves the flag
+            out, for CPU builds of vLLM, which have no GPU memory to share.
         images_per_prompt: Passed as `--limit-mm-per-prompt '{"image": N}'` (stage 1
             sends 2 images; some vLLM versions default to 1). None, or the flag in
             `extra_args`, leaves it to the user.
@@ -112,18 +120,20 @@ def launch_vllm(
         startup_timeout_s: How long to wait for /health (weights download and load).
         log_path: Where the server's stdout/stderr go (default: a temp file).
         shutdown_timeout_s: Grace period between SIGTERM and SIGKILL.
+        executable: The `vllm` to run: a name on PATH or a path to the executable.
 
     Yields:
         The OpenAI-style base URL, e.g. "http://127.0.0.1:PORT/v1".
 
     Raises:
-        VLLMNotFoundError: no `vllm` executable (with the install hint).
+        VLLMNotFoundError: `executable` not found (with the install hint).
         VLLMLaunchError: the server exited or was not healthy within
             `startup_timeout_s` (with the tail of its log).
     """
-    exe = shutil.which("vllm")
+    exe = find_vllm(executable)
     if exe is None:
-        raise VLLMNotFoundError(f"no `vllm` executable on PATH; install it with: {INSTALL_HINT}, or point "
+        where = "on PATH" if executable == "vllm" else f"at {executable!r} (not an executable file)"
+        raise VLLMNotFoundError(f"no `vllm` executable {where}; install it with: {INSTALL_HINT}, or point "
                                 "VLMConfig.base_url at a running OpenAI-compatible server.")  # fmt: skip
     port = free_port()
     cmd = [
@@ -131,8 +141,9 @@ def launch_vllm(
         "--host", "127.0.0.1", "--port", str(port),
         "--tensor-parallel-size", str(tensor_parallel_size),
         "--data-parallel-size", str(data_parallel_size),
-        "--gpu-memory-utilization", str(gpu_memory_utilization),
     ]  # fmt: skip
+    if gpu_memory_utilization is not None:
+        cmd += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     if max_model_len is not None:
         cmd += ["--max-model-len", str(max_model_len)]
     if images_per_prompt is not None and "--limit-mm-per-prompt" not in extra_args:

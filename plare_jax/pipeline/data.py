@@ -11,7 +11,6 @@ import numpy as np
 
 from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
-from plare_jax.envs.collect import CollectionConfig, collect_dataset
 from plare_jax.labeling.base import PairBatch, preferences_to_targets
 from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
@@ -72,12 +71,16 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
 
     `should_stop` is checked between collection chunks and labeling chunks (StopRequested).
     """
+    # MetaWorld is imported here, not at module level: recorded-data runs use this module too.
+    from plare_jax.envs.collect import CollectionConfig, collect_dataset
+
     timings = {}
     t0 = time.perf_counter()
     dataset = collect_dataset(
         CollectionConfig(task=task, num_episodes=config.num_episodes,
                          horizon=config.collection_horizon, seed=data_seed,
-                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob),
+                         stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob,
+                         misperceive_prob=config.misperceive_prob),
         cache_dir=config.cache_dir / "datasets", workers=config.workers, recollect=config.recollect,
         should_stop=should_stop)
     timings["data_s"] = time.perf_counter() - t0

@@ -5,14 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import shutil
 from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 
 from plare_jax.data.segments import SegmentPairs
-from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
+from plare_jax.data.keyframes import encode_png
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import PairBatch
@@ -43,10 +42,11 @@ def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
         # prompt, stops the run here with its own message (VLMConfigError), before any data work.
         preflight(vlm_config(config, base_url))
         return LabelerChoice("vlm", f"endpoint {base_url}", base_url=base_url)
-    has_vllm = shutil.which("vllm") is not None
+    has_vllm = vllm_launcher.find_vllm(config.vlm.executable) is not None
     if config.vlm.launch and not has_vllm:
-        raise ConfigError("--vlm.launch needs the `vllm` executable: pip install \"plare-jax[vlm]\" "
-                          "(CUDA only), or pass --vlm.base-url of a running server")
+        raise ConfigError(f"--vlm.launch needs the `vllm` executable ({config.vlm.executable!r} not found): "
+                          "pip install \"plare-jax[vlm]\" (CUDA only), pass --vlm.executable PATH of "
+                          "another build, or pass --vlm.base-url of a running server")
     if config.vlm.launch or (config.labeler == "auto" and has_vllm
                              and vllm_launcher.local_gpu_available()):
         return LabelerChoice("vlm", f"launching vllm serve {config.vlm.model} locally", launch=True)
@@ -67,6 +67,7 @@ def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
         base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
         concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,
         max_retries=config.vlm.max_retries, num_keyframes=config.num_keyframes,
+        max_tokens=config.vlm.max_tokens,
     )
 
 
@@ -89,6 +90,9 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
         result = teacher.label(PairBatch(task, returns=teacher_scores(config, pairs)), progress=False)
         return result.preferences, result.stats
     goal_text = task_text(task, config.vlm.task_text)
+    # MetaWorld rendering is imported here, not at module level: recorded-data runs use this module too.
+    from plare_jax.envs.render import RenderConfig, render_pair_images
+
     render_config = RenderConfig(num_keyframes=config.num_keyframes)
     labeler_config = vlm_config(config, base_url)
     preferences, stats_list = [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import shlex
 import shutil
 import sys
 
@@ -68,6 +69,7 @@ def _run(config: ExperimentConfig, stop) -> dict:
             config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
             data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
             gpu_memory_utilization=config.vlm.gpu_memory_utilization,
+            executable=config.vlm.executable, extra_args=shlex.split(config.vlm.serve_args),
             log_path=run_dir / "vllm.log")
         if choice.launch else contextlib.nullcontext(choice.base_url))
     task_summaries, seed_results = {}, {}

@@ -17,14 +17,19 @@ from tqdm.auto import tqdm
 
 from plare_jax import checkpoint as ckpt
 from plare_jax import runs
-from plare_jax.envs import evaluate as envs_evaluate
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.learner import LearnerConfig
-from plare_jax.methods import BC_PHASE, Method, get_method
+from plare_jax.methods import BC_PHASE, Method, PolicyFn, get_method
 from plare_jax.pipeline.config import ExperimentConfig
 from plare_jax.pipeline.data import TaskData
 
 SHARED_BC_BRANCH = "bc_phase"
+
+EvaluateFn = Callable[[PolicyFn, "pathlib.Path | None"], dict]
+"""(policy, video path or None) -> the evaluation's numbers, e.g. {"success_rate", "mean_return"}.
+
+MetaWorld runs evaluate in the simulator (`metaworld_evaluator`); recorded-data runs measure
+held-out preference accuracy and, if asked, success in a gymnasium environment."""
 
 
 def learner_config(config: ExperimentConfig) -> LearnerConfig:
@@ -39,23 +44,41 @@ def learner_config(config: ExperimentConfig) -> LearnerConfig:
 
 def evaluate(config: ExperimentConfig, task: str, policy_fn, seed: int,
              video_path: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None):
+    from plare_jax.envs import evaluate as envs_evaluate  # MetaWorld only: recorded-data runs never import it
+
     return envs_evaluate.evaluate_policy(
         task, policy_fn, num_episodes=config.eval_episodes, horizon=config.eval_horizon,
         seed=10_000 + seed,  # the same episodes for every method and step: paired comparisons
         workers=config.workers, video_path=video_path, progress=False, should_stop=should_stop)
 
 
+def metaworld_evaluator(config: ExperimentConfig, task: str, seed: int,
+                        should_stop: Callable[[], bool] | None = None) -> EvaluateFn:
+    """Success rate and mean return in the MetaWorld task (the same episodes at every step).
+
+    `should_stop` is checked before every evaluation step and video frame.
+    """
+
+    def evaluate_fn(policy_fn: PolicyFn, video_path: pathlib.Path | None) -> dict:
+        result = evaluate(config, task, policy_fn, seed, video_path=video_path, should_stop=should_stop)
+        return {"success_rate": result.success_rate, "mean_return": result.mean_return}
+
+    return evaluate_fn
+
+
 def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, *, branch: str,
                start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
                log: runs.MetricsLog, video_path: pathlib.Path | None = None,
-               should_stop: Callable[[], bool] | None = None):
+               evaluate_fn: EvaluateFn | None = None, should_stop: Callable[[], bool] | None = None):
     """Train one branch (the shared BC phase, or a method) with evaluations and checkpoints.
 
     `video_path`: record the branch's final evaluation there (no extra evaluation episodes).
+    `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
     Resumable: restores the branch's latest checkpoint and continues from there.
     `should_stop`: checked after every `metrics_every` updates and every evaluation step;
     when true, raises `StopRequested` (the last checkpoint is where a resume continues).
     """
+    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, seed, should_stop)
     manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
     end_step = start_step + num_steps
     step = start_step
@@ -85,11 +108,11 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
                             **{k: float(np.asarray(v)[0]) for k, v in metrics.items()}})
                 bar.update(config.metrics_every)
                 raise_if_stopped(should_stop)
-            result = evaluate(config, data.task, method.policy_fn(state), seed,
-                              video_path=video_path if step == end_step else None, should_stop=should_stop)
-            log.append({"branch": branch, "step": step, "eval": True,
-                        "success_rate": result.success_rate, "mean_return": result.mean_return})
-            bar.set_postfix(success=f"{result.success_rate:.2f}")
+            result = evaluate_fn(method.policy_fn(state), video_path if step == end_step else None)
+            raise_if_stopped(should_stop)
+            log.append({"branch": branch, "step": step, "eval": True, **result})
+            bar.set_postfix({name: f"{value:.2f}" for name, value in result.items()
+                             if isinstance(value, float)})
             ckpt.save_state(manager, state, force=True)
     finally:
         bar.close()
@@ -105,12 +128,15 @@ def method_evals(records: list[dict], method: Method) -> list[dict]:
 
 
 def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
-               video_dir: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+               video_dir: pathlib.Path | None = None, evaluate_fn: EvaluateFn | None = None,
+               should_stop: Callable[[], bool] | None = None) -> dict:
     """The shared BC phase (if any method continues it), then each method; per-method results.
 
     `video_dir`: write a video of each method's final evaluation there (one run per task does).
+    `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
     `should_stop`: see `run_branch`.
     """
+    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, seed, should_stop)
     unit_dir.mkdir(parents=True, exist_ok=True)
     done_path = unit_dir / "result.json"
     if done_path.exists():  # finished before an interruption: nothing to redo
@@ -126,7 +152,7 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         bc_state = BC_PHASE.create(jax.random.key(seed), policy_config, data.training, init=None)
         bc_state = run_branch(config, data, BC_PHASE, bc_state, branch=SHARED_BC_BRANCH, start_step=0,
                               num_steps=config.bc_steps, seed=seed, unit_dir=unit_dir, log=log,
-                              should_stop=should_stop)
+                              evaluate_fn=evaluate_fn, should_stop=should_stop)
         timings["shared_bc_phase_s"] = time.perf_counter() - t0
 
     results = {}
@@ -142,27 +168,20 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
         state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
                            num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
-                           video_path=video_path, should_stop=should_stop)
+                           video_path=video_path, evaluate_fn=evaluate_fn, should_stop=should_stop)
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         evals = method_evals(log.read(), method)
-        final = evals[-1] if evals else evaluate_final(config, data, method, state, seed, should_stop)
-        results[method.name] = {"success_rate": final["success_rate"],
-                                "mean_return": final["mean_return"], "step": final["step"],
-                                **method.report(state, data.training)}
+        if evals:
+            final = {k: v for k, v in evals[-1].items() if k not in ("branch", "eval")}
+        else:  # a branch that ran no steps (e.g. --cpl-steps 0)
+            final = {**evaluate_fn(method.policy_fn(state), None), "step": int(state.step)}
+        results[method.name] = {**final, **method.report(state, data.training)}
         if video_path is not None:
             if not video_path.exists():  # branch finished before a resume, or no steps to run
-                evaluate(config, data.task, method.policy_fn(state), seed, video_path=video_path,
-                         should_stop=should_stop)
+                evaluate_fn(method.policy_fn(state), video_path)
             results[method.name]["video"] = video_path.name
     result = {"seed": seed, "data_seed": data.summary.get("data_seed"), "methods": results,
               "timings": timings}
     runs.write_json_atomic(done_path, result)
     return result
 
-
-def evaluate_final(config: ExperimentConfig, data: TaskData, method: Method, state, seed: int,
-                   should_stop: Callable[[], bool] | None = None) -> dict:
-    """An evaluation of a branch that ran no steps (e.g. --cpl-steps 0)."""
-    result = evaluate(config, data.task, method.policy_fn(state), seed, should_stop=should_stop)
-    return {"success_rate": result.success_rate, "mean_return": result.mean_return,
-            "step": int(state.step)}

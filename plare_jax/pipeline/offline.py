@@ -1,0 +1,568 @@
+"""PLARE on recorded robot data, with no simulator: the stages behind experiments/offline.py.
+
+recorded dataset (validated first) -> segment pairs -> labels (VLM on keyframes taken from the
+stored frames, or the scripted teacher on stored rewards) -> a held-out split of the labelled
+pairs -> observation / action normalisation -> the shared BC phase and every method
+(`pipeline.train`, the same code as the MetaWorld experiment) -> held-out preference accuracy
+(and, optionally, success in a gymnasium environment) at every evaluation -> orbax checkpoints,
+results.json, learning curves, and per method a numpy-only export (policy.npz + plare_policy.py).
+
+Everything that can be wrong with the data or the options fails before the first VLM request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import time
+import types
+from typing import Annotated, Literal
+
+import numpy as np
+import tyro
+
+from plare_jax import plotting, runs
+from plare_jax.data.keyframes import encode_png
+from plare_jax.data.recorded import RecordedDataset, load_recorded, recorded_pair_images
+from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_segment_starts
+from plare_jax.export import Normalizer, export_policy
+from plare_jax.labeling import launcher as vllm_launcher
+from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
+from plare_jax.labeling.coverage import check_label_coverage
+from plare_jax.labeling.report import format_report, labeling_report
+from plare_jax.labeling.scripted import ScriptedTeacher
+from plare_jax.labeling.store import LabelStore
+from plare_jax.labeling.vlm import VLMLabeler
+from plare_jax.methods import BC_PHASE, METHODS, get_method
+from plare_jax.methods import rlvlmf as rlvlmf_method
+from plare_jax.methods.pbc import PBCOptions
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions
+from plare_jax.pipeline.data import TaskData, training_data
+from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
+from plare_jax.pipeline.train import learner_config, method_evals, train_seed
+
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+# Methods that read simulator ground truth cannot run on data without it.
+_NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+    """PLARE (CPL on VLM preference labels) and its baselines on recorded robot data, no simulator."""
+
+    data: pathlib.Path
+    """Recorded dataset directory (card.json + steps.npz + frames; see docs/data_format.md; make one
+    with experiments/import_data.py)."""
+    task_text: str | None = None
+    """Goal text for the VLM, e.g. "open the drawer" (default: the dataset card's task_text)."""
+    labeler: Literal["auto", "vlm", "scripted"] = "auto"
+    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
+    scripted teacher on the dataset's stored rewards. vlm: require the VLM. scripted: require rewards."""
+    camera: str | None = None
+    """Camera whose frames the VLM sees (default: the first in the card)."""
+    teacher: Literal["progress", "return"] = "progress"
+    """What the scripted teacher compares when the data has rewards (and what VLM label accuracy is
+    measured against): progress = change of the reward over a segment; return = its sum."""
+    teacher_equal_threshold: float = 0.0
+    """Scripted teacher: score gaps at or below this are 'unsure'."""
+    teacher_mistake_rate: float = 0.0
+    """Scripted teacher: probability of flipping a label."""
+    unsure: Literal["drop", "tie"] = "drop"
+    """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
+    max_unlabeled_fraction: float = 0.1
+    """Stop before training if more than this share of the pairs got no VLM label (failed or malformed
+    answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
+    method: tuple[MethodName, ...] = ("plare", "bc")
+    """Methods to train, all on the same pairs and labels (see experiments/metaworld.py --help)."""
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
+    """Training seeds."""
+    data_seed: int = 0
+    """Seed of the pair sampling, the scripted teacher's flips and the held-out split."""
+    num_pairs: int = 2000
+    """Labelled segment pairs (held-out ones included)."""
+    segment_length: int = 64
+    """Steps per segment (at most the longest episode)."""
+    num_keyframes: int = 3
+    """Keyframes per segment tiled into each image shown to the VLM."""
+    holdout_fraction: float = 0.1
+    """Fraction of the labelled pairs kept out of training to measure preference accuracy on."""
+    obs_norm: Literal["zscore", "none"] = "zscore"
+    """Observation normalisation (fitted on the data, stored with the exported policy)."""
+    action_scaling: Literal["auto", "minmax", "none"] = "auto"
+    """Action scaling to the tanh policy's [-1, 1]: auto = min-max only if an action leaves [-1, 1]."""
+
+    # Policy and updates (defaults: the MetaWorld quick preset).
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the policy MLP."""
+    dropout_rate: float = 0.25
+    """Dropout rate of the policy MLP."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (both phases)."""
+    warmup_steps: int = 500
+    """Linear learning-rate warm-up steps, restarted at the BC -> CPL switch."""
+    batch_pairs: int = 32
+    """CPL phase: segment pairs per update."""
+    bc_batch_size: int = 1024
+    """BC phase: (observation, action) rows per update."""
+    alpha: float = 0.1
+    """CPL temperature: segment score = alpha * sum_t log pi(a_t|s_t)."""
+    bias: float = 0.5
+    """CPL conservative bias lambda."""
+    bc_steps: int = 3000
+    """Behaviour-cloning update steps (phase 1)."""
+    cpl_steps: int = 3000
+    """CPL update steps (phase 2); bc runs as many second-phase steps."""
+    metrics_every: int = 100
+    """Training metrics are averaged and fetched from the device every this many steps."""
+    eval_every: int = 1000
+    """Evaluate (held-out preference accuracy, and --eval-env if given) every this many steps."""
+
+    # Optional evaluation in an environment.
+    eval_env: str | None = None
+    """gymnasium environment id to evaluate the policies in (its observations and actions must match
+    the data's); none: no environment evaluation."""
+    eval_env_kwargs: str = "{}"
+    """JSON object of keyword arguments for gymnasium.make(--eval-env, ...)."""
+    eval_episodes: int = 10
+    """Episodes per environment evaluation."""
+    eval_horizon: int = 500
+    """Steps per environment evaluation episode."""
+
+    # Outputs.
+    out_dir: pathlib.Path = pathlib.Path("runs")
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name (default: timestamp and dataset name). An existing run is never overwritten."""
+    cache_dir: pathlib.Path = pathlib.Path("data")
+    """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
+    vlm: VLMOptions = VLMOptions()
+    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
+    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
+    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
+    pbc: PBCOptions = PBCOptions()
+    """Percentile BC (oracle reference; needs stored rewards)."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.bc_steps + self.cpl_steps
+
+    def method_options(self, name: str):
+        """The method's own options, as in the MetaWorld experiment (schedules follow the budget)."""
+        return ExperimentConfig.method_options(self, name)
+
+
+def validate(config: OfflineConfig) -> None:
+    """Impossible options fail here, before the data is read."""
+    for name in ("num_pairs", "segment_length", "num_keyframes", "batch_pairs", "bc_batch_size",
+                 "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("bc_steps", "cpl_steps"):
+        value = getattr(config, name)
+        if value < 0 or value % config.metrics_every:
+            raise ConfigError(f"--{name.replace('_', '-')} ({value}) must be a non-negative multiple of "
+                              f"--metrics-every ({config.metrics_every})")
+    if config.eval_every % config.metrics_every:
+        raise ConfigError(f"--eval-every ({config.eval_every}) must be a multiple of --metrics-every "
+                          f"({config.metrics_every})")
+    if config.num_keyframes > config.segment_length:
+        raise ConfigError("--num-keyframes cannot exceed --segment-length")
+    if not 0.0 <= config.holdout_fraction < 1.0:
+        raise ConfigError(f"--holdout-fraction must be in [0, 1), got {config.holdout_fraction}")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
+        raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
+    if not config.method or len(set(config.method)) != len(config.method):
+        raise ConfigError("--method needs at least one method, each once")
+    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
+        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
+    if not 0.0 < config.bias <= 1.0:
+        raise ConfigError("--bias must be in (0, 1]")
+    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
+        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
+    try:
+        kwargs = json.loads(config.eval_env_kwargs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--eval-env-kwargs is not valid JSON ({e})") from e
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--eval-env-kwargs must be a JSON object, e.g. '{\"max_episode_steps\": 200}'")
+
+
+# --------------------------------------------------------------------------------------------
+# Data and labels
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """A recorded dataset with its labelled pairs, split for training and held-out evaluation."""
+
+    dataset: RecordedDataset
+    pairs: SegmentPairs
+    preferences: np.ndarray  # [P] in {0, 1, -1}
+    train_index: np.ndarray  # [P_train] indices into pairs
+    heldout_index: np.ndarray  # [P_held] indices into pairs
+    normalizer: Normalizer
+    task: TaskData
+    summary: dict
+
+
+def check_inputs(config: OfflineConfig) -> tuple[RecordedDataset, str, LabelerChoice]:
+    """Reads and validates the data and resolves labeler, task text, camera and environment.
+
+    Raises (before any labeling): ConfigError, RecordedDataError, VLMEndpointError.
+    """
+    validate(config)
+    dataset = load_recorded(config.data)
+    text = config.task_text if config.task_text is not None else dataset.task_text
+    try:
+        valid_segment_starts(dataset, config.segment_length)
+    except ValueError as e:
+        raise ConfigError(f"--segment-length {config.segment_length}: {e}") from e
+    choice = choose_labeler(config)
+    if choice.kind == "scripted":
+        if dataset.rewards is None:
+            raise ConfigError(
+                f"{config.data} has no rewards, so the scripted teacher cannot label it; use a VLM "
+                "(--labeler vlm with --vlm.base-url http://HOST:PORT/v1, or --vlm.launch on a GPU)")
+        if config.labeler == "auto":
+            choice = LabelerChoice("scripted", "no VLM endpoint configured and no local GPU with vLLM: "
+                                   "labels come from the dataset's stored rewards (scripted teacher)")
+    else:
+        dataset.camera(config.camera)  # raises if there are no frames or no such camera
+        if not text.strip():
+            raise ConfigError(f"the VLM needs a goal text: pass --task-text \"...\" ({config.data}/card.json has "
+                              "no task_text)")
+    rewards_needed = [m for m in config.method if m in _NEEDS_REWARDS]
+    if rewards_needed and dataset.rewards is None:
+        raise ConfigError(f"--method {rewards_needed} reads ground-truth rewards, which {config.data} does not have")
+    if config.eval_env is not None:
+        check_eval_env(config, dataset)
+    return dataset, text, choice
+
+
+def teacher_scores(config: OfflineConfig, pairs: SegmentPairs) -> np.ndarray:
+    return pairs.progress if config.teacher == "progress" else pairs.returns
+
+
+def label_recorded_pairs(config: OfflineConfig, choice: LabelerChoice, dataset: RecordedDataset,
+                         pairs: SegmentPairs, text: str, base_url: str | None) -> tuple[np.ndarray, dict]:
+    """Preferences [P] in {0, 1, -1} and the labeler's statistics.
+
+    VLM: keyframe strips built from the stored frames (the MetaWorld path's keyframes, tiling and
+    prompt), labelled in chunks into the content-addressed store `cache_dir/labels.sqlite`.
+    """
+    if choice.kind == "scripted":
+        teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
+                                  mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
+        result = teacher.label(PairBatch(text, returns=teacher_scores(config, pairs)), progress=False)
+        return result.preferences, result.stats
+    preferences, stats_list = [], []
+    chunk = 512  # bounded memory; labels are stored as they come
+    with LabelStore(config.cache_dir / "labels.sqlite") as store:
+        labeler = VLMLabeler(vlm_config(config, base_url), store=store)
+        for begin in range(0, pairs.num_pairs, chunk):
+            index = np.arange(begin, min(begin + chunk, pairs.num_pairs))
+            images = recorded_pair_images(dataset, pairs.take(index), camera=config.camera,
+                                          num_keyframes=config.num_keyframes, progress=True)
+            png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
+            result = labeler.label(PairBatch(text, images=png_pairs))
+            preferences.append(result.preferences)
+            stats_list.append(result.stats)
+    return np.concatenate(preferences), merge_stats(stats_list)
+
+
+def label_statistics(preferences: np.ndarray, stats: dict) -> dict:
+    """Counts and rates of a labeling run with no ground truth to compare against."""
+    prefs = check_preferences(preferences)
+    report = {"pairs": int(len(prefs)), "accuracy": None,
+              "first": int((prefs == 0).sum()), "second": int((prefs == 1).sum()),
+              "unsure": int((prefs == UNSURE).sum()),
+              "unsure_rate": float((prefs == UNSURE).mean()) if len(prefs) else 0.0}
+    for key in ("requests", "retries", "malformed", "failed", "cache_hits", "prompt_tokens",
+                "completion_tokens", "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s",
+                "pairs_per_s", "requests_per_s"):
+        report[key] = stats.get(key)
+    return report
+
+
+def split_pairs(num_pairs: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) pair indices, each in increasing order; no held-out pairs at fraction 0."""
+    held = int(round(holdout_fraction * num_pairs))
+    if held == 0:
+        return np.arange(num_pairs), np.zeros(0, np.int64)
+    order = np.random.default_rng([seed, 1]).permutation(num_pairs)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, choice: LabelerChoice,
+                 base_url: str | None) -> PreparedData:
+    """Pairs -> labels -> split -> normalisation -> `TrainingData` (the same arrays for every method)."""
+    timings = {}
+    t0 = time.perf_counter()
+    pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
+                                 rng=np.random.default_rng(config.data_seed))
+    preferences, stats = label_recorded_pairs(config, choice, dataset, pairs, text, base_url)
+    timings["labels_s"] = time.perf_counter() - t0
+    if dataset.rewards is not None:
+        teacher = ScriptedTeacher().label(PairBatch(text, returns=teacher_scores(config, pairs)), progress=False)
+        report = labeling_report(preferences, teacher.preferences, stats)
+        print(f"labels ({choice.kind}):\n{format_report(report)}")
+    else:
+        report = label_statistics(preferences, stats)
+        print(f"labels ({choice.kind}): {report['pairs']} pairs, first {report['first']}, second "
+              f"{report['second']}, unsure {report['unsure']} (no rewards stored: accuracy not measurable)")
+    if choice.kind == "vlm":  # too many failed/malformed answers: stop before training (says what to do)
+        report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
+    train_index, heldout_index = split_pairs(pairs.num_pairs, config.holdout_fraction, config.data_seed)
+    normalizer = Normalizer.fit(dataset.observations, dataset.actions, observation=config.obs_norm,
+                                action=config.action_scaling)
+    normalized = types.SimpleNamespace(
+        observations=normalizer.observations(dataset.observations),
+        actions=normalizer.actions_to_policy(dataset.actions), episode_ids=dataset.episode_ids)
+    episode_returns = (None if dataset.rewards is None else
+                       np.bincount(dataset.episode_ids, weights=dataset.rewards.astype(np.float64),
+                                   minlength=dataset.num_episodes))
+    training = training_data(normalized, pairs.take(train_index), preferences[train_index],
+                             unsure=config.unsure, episode_scores=episode_returns)
+    report["trained_pairs"] = training.num_trained_pairs
+    report["heldout_pairs"] = int(len(heldout_index))
+    summary = {"dataset": {k: v for k, v in dataset.card.items() if k != "source"},
+               "source": dataset.card.get("source", {}), "task_text": text, "labeler": choice.kind,
+               "labeler_reason": choice.reason, "labels": report, "timings": timings,
+               "normalization": {"observations": config.obs_norm,
+                                 "actions": "minmax" if normalizer.act_low is not None else "none"}}
+    name = pathlib.Path(config.data).name or "recorded"
+    return PreparedData(dataset, pairs, preferences, train_index, heldout_index, normalizer,
+                        TaskData(name, training, summary), summary)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation without a simulator
+
+
+def heldout_preference_accuracy(policy_fn, observations: np.ndarray, actions: np.ndarray,
+                                preferences: np.ndarray) -> float | None:
+    """CPL-style: does the policy score the preferred segment of each held-out pair higher?
+
+    A segment's score is sum_t log pi(a_t|s_t) = -sum_t ||mu(s_t) - a_t||^2 (the deterministic
+    head; alpha > 0 does not change the order). Unsure pairs are skipped.
+
+    Args:
+        policy_fn: [B, O] -> [B, A] on normalised observations (the network's own space).
+        observations: [H, 2, T, O] normalised.
+        actions: [H, 2, T, A] in the network's [-1, 1] range.
+        preferences: [H] in {0, 1, -1}.
+
+    Returns:
+        Fraction of sure pairs ranked as labelled, or None if there is none.
+    """
+    sure = preferences != UNSURE
+    if not sure.any():
+        return None
+    obs, act = observations[sure], actions[sure]
+    mean = policy_fn(obs.reshape(-1, obs.shape[-1])).reshape(act.shape)
+    scores = -np.square(mean - act).sum(axis=(-1, -2))  # [H, 2]
+    predicted_second = scores[:, 1] > scores[:, 0]
+    return float((predicted_second == (preferences[sure] == 1)).mean())
+
+
+def make_env(config: OfflineConfig):
+    import gymnasium
+
+    try:
+        return gymnasium.make(config.eval_env, **json.loads(config.eval_env_kwargs))
+    except Exception as e:  # gymnasium raises several error types for unknown ids and bad kwargs
+        raise ConfigError(f"--eval-env {config.eval_env!r}: cannot make the environment ({e})") from e
+
+
+def check_eval_env(config: OfflineConfig, dataset: RecordedDataset) -> None:
+    env = make_env(config)
+    try:
+        obs_shape = env.observation_space.shape
+        act_shape = env.action_space.shape
+    finally:
+        env.close()
+    if obs_shape != (dataset.observations.shape[1],) or act_shape != (dataset.actions.shape[1],):
+        raise ConfigError(
+            f"--eval-env {config.eval_env}: observations {obs_shape} and actions {act_shape} do not match the "
+            f"data's ({dataset.observations.shape[1]},) and ({dataset.actions.shape[1]},)")
+
+
+def evaluate_in_env(config: OfflineConfig, act, seed: int) -> dict:
+    """Success rate (info "success"/"is_success" ever true) and mean return over episodes."""
+    env = make_env(config)
+    successes, returns = [], []
+    try:
+        for episode in range(config.eval_episodes):
+            obs, info = env.reset(seed=10_000 + seed * 1000 + episode)
+            total, success = 0.0, False
+            for _ in range(config.eval_horizon):
+                action = np.clip(act(np.asarray(obs, np.float32)[None])[0], env.action_space.low,
+                                 env.action_space.high)
+                obs, reward, terminated, truncated, info = env.step(action)
+                total += float(reward)
+                success = success or bool(info.get("success", info.get("is_success", False)))
+                if terminated or truncated:
+                    break
+            successes.append(success)
+            returns.append(total)
+    finally:
+        env.close()
+    return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns))}
+
+
+def make_evaluator(config: OfflineConfig, prepared: PreparedData, seed: int):
+    """The `pipeline.train.EvaluateFn` of recorded data: held-out accuracy (+ environment success)."""
+    held = prepared.heldout_index
+    rows = prepared.pairs.starts[held][..., None] + np.arange(prepared.pairs.length)
+    heldout_obs = prepared.normalizer.observations(prepared.dataset.observations[rows])
+    heldout_act = prepared.normalizer.actions_to_policy(prepared.dataset.actions[rows])
+    heldout_prefs = prepared.preferences[held]
+
+    def evaluate_fn(policy_fn, video_path) -> dict:
+        del video_path  # nothing to film without a simulator
+        result = {}
+        if len(held):
+            result["heldout_accuracy"] = heldout_preference_accuracy(policy_fn, heldout_obs, heldout_act,
+                                                                     heldout_prefs)
+        if config.eval_env is not None:
+            normalizer = prepared.normalizer
+
+            def act(obs):
+                return normalizer.actions_from_policy(policy_fn(normalizer.observations(obs)))
+
+            result.update(evaluate_in_env(config, act, seed))
+        return result
+
+    return evaluate_fn
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_name: str, seed: int,
+                        unit_dir: pathlib.Path):
+    """A method's final state, restored from its last checkpoint."""
+    import jax
+
+    from plare_jax import checkpoint as ckpt
+
+    method = get_method(method_name)
+    policy_config = learner_config(config)
+    key = jax.random.key(seed)
+    init = (BC_PHASE.create(key, policy_config, prepared.task.training, init=None)
+            if method.starts_from_bc_phase else None)
+    target = method.create(key, policy_config, prepared.task.training, init=init,
+                           options=config.method_options(method_name))
+    branch = method_name
+    manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
+    try:
+        if ckpt.latest_step(manager) is None:
+            return target
+        return ckpt.restore_state(manager, target)
+    finally:
+        manager.close()
+
+
+def policy_params(state):
+    """The `PolicyMLP` parameters of a method's state (what `export_policy` writes).
+
+    Methods keep their actor in different places: `LearnerState.params` (plare, bc, sft),
+    `.policy.params` (pbc), `.actor_params` (rlvlmf).
+    """
+    if hasattr(state, "actor_params"):
+        return state.actor_params
+    if hasattr(state, "policy") and hasattr(state.policy, "params"):
+        return state.policy.params
+    if hasattr(state, "params"):
+        return state.params
+    raise TypeError(f"cannot find the policy parameters of a {type(state).__name__}; give the method's state "
+                    "an actor_params, policy.params or params field")
+
+
+def run_offline(config: OfflineConfig) -> dict:
+    """Checks, labels, trains, evaluates and exports; returns results.json's content."""
+    dataset, text, choice = check_inputs(config)  # every input error surfaces here
+    runs.check_writable(config.cache_dir)
+    name = config.run_name or runs.default_run_name(pathlib.Path(config.data).name or "recorded")
+    run_dir = runs.create_run_dir(config.out_dir / name, config)
+    print(f"run directory: {run_dir}")
+    print(f"labeler: {choice.kind} ({choice.reason})")
+    launch = (vllm_launcher.launch_vllm(
+        config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
+        data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
+        gpu_memory_utilization=config.vlm.gpu_memory_utilization, log_path=run_dir / "vllm.log")
+        if choice.launch else contextlib.nullcontext(choice.base_url))
+    with launch as base_url:
+        prepared = prepare_data(config, dataset, text, choice, base_url)
+    runs.write_json_atomic(run_dir / "data_and_labels.json", prepared.summary)
+
+    per_seed, curves = {}, {"held-out preference accuracy": {m: [] for m in config.method}}
+    if config.eval_env is not None:
+        curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
+    for seed in config.seeds:
+        unit = run_dir / f"seed{seed}"
+        t0 = time.perf_counter()
+        per_seed[seed] = train_seed(config, prepared.task, seed, unit,
+                                    evaluate_fn=make_evaluator(config, prepared, seed))
+        per_seed[seed]["train_s"] = time.perf_counter() - t0
+        records = runs.MetricsLog(unit / "metrics.jsonl").read()
+        for method_name in config.method:
+            evals = method_evals(records, get_method(method_name))
+            for metric, key in (("held-out preference accuracy", "heldout_accuracy"),
+                                (f"success in {config.eval_env}", "success_rate")):
+                if metric in curves:
+                    curves[metric][method_name].append(
+                        [(r["step"], r[key]) for r in evals if r.get(key) is not None])
+            state = restore_final_state(config, prepared, method_name, seed, unit)
+            path = export_policy(policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
+                "task_text": text, "method": method_name, "seed": seed,
+                "observation_names": dataset.card.get("observation_names"),
+                "action_names": dataset.card.get("action_names"),
+                "units": dataset.card.get("units")})
+            per_seed[seed]["methods"][method_name]["export"] = str(path.relative_to(run_dir))
+
+    results = summarize_offline(config, prepared, per_seed)
+    runs.write_json_atomic(run_dir / "results.json", results)
+    plotting.plot_learning_curves(curves, run_dir / "learning_curves.png", phase_switch_step=config.bc_steps,
+                                  ylabel="value")
+    table = format_offline_table(results)
+    (run_dir / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}; "
+          f"policies: {run_dir}/seed*/export/<method>/policy.npz")
+    return results
+
+
+def summarize_offline(config: OfflineConfig, prepared: PreparedData, per_seed: dict) -> dict:
+    methods = {}
+    for name in config.method:
+        entries = [per_seed[s]["methods"][name] for s in config.seeds]
+        summary = {"per_seed": entries}
+        for key in ("heldout_accuracy", "success_rate", "mean_return"):
+            values = [e[key] for e in entries if e.get(key) is not None]
+            if values:
+                summary[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
+                                "max": float(np.max(values)), "num_seeds": len(values)}
+        methods[name] = summary
+    return {"data": str(config.data), "labeler": prepared.summary["labeler"],
+            "task_text": prepared.summary["task_text"], "labels": prepared.summary["labels"],
+            "seeds": list(config.seeds), "methods": methods}
+
+
+def format_offline_table(results: dict) -> str:
+    lines = ["| method | held-out pref. acc. (mean, min-max) | env success | seeds |", "|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        acc, success = m.get("heldout_accuracy"), m.get("success_rate")
+        acc_text = "-" if acc is None else "{mean:.3f} ({min:.3f}-{max:.3f})".format(**acc)
+        success_text = "-" if success is None else "{mean:.2f}".format(**success)
+        lines.append(f"| {name} | {acc_text} | {success_text} | {len(results['seeds'])} |")
+    labels = results["labels"]
+    lines.append("")
+    lines.append(f"labels ({results['labeler']}): {labels['pairs']} pairs, unsure rate {labels['unsure_rate']:.3f}, "
+                 f"{labels['trained_pairs']} trained on, {labels['heldout_pairs']} held out"
+                 + (f", accuracy vs stored-reward teacher {labels['accuracy']:.3f}"
+                    if labels.get("accuracy") is not None else ""))
+    return "\n".join(lines)
