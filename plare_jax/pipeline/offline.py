@@ -452,8 +452,12 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
     method = get_method(method_name)
     policy_config = learner_config(config)
     key = jax.random.key(seed)
-    init = (BC_PHASE.create(key, policy_config, prepared.task.training, init=None)
-            if method.starts_from_bc_phase else None)
+    init = None
+    if method.starts_from_bc_phase:
+        # Only the structure matters (the arrays are restored), but the step must be the BC
+        # phase's end, as in training: methods derive static settings from it (rlvlmf's schedule).
+        init = BC_PHASE.create(key, policy_config, prepared.task.training, init=None)
+        init = init.replace(step=jax.numpy.asarray(config.bc_steps, jax.numpy.int32))
     target = method.create(key, policy_config, prepared.task.training, init=init,
                            options=config.method_options(method_name))
     branch = method_name
