@@ -101,8 +101,12 @@ def format_sweep(points: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_args(argv: list[str] | None = None) -> LabelNoiseConfig:
+    return tyro.cli(LabelNoiseConfig, args=argv, description=__doc__)
+
+
 def cli(argv: list[str] | None = None) -> int:
-    config = tyro.cli(LabelNoiseConfig, args=argv, description=__doc__)
+    config = parse_args(argv)
     try:
         run_sweep(config)
     except (ConfigError, UnknownTaskError, runs.RunDirError) as e:
