@@ -31,6 +31,16 @@ _ARRAY_FIELDS: dict[str, tuple[type, int]] = {
 }
 
 
+def episode_starts(episode_ids: np.ndarray, num_episodes: int) -> np.ndarray:
+    """[E] int64 row index of each episode's first step (ids contiguous and non-decreasing)."""
+    return np.searchsorted(episode_ids, np.arange(num_episodes)).astype(np.int64)
+
+
+def episode_lengths(episode_ids: np.ndarray, num_episodes: int) -> np.ndarray:
+    """[E] int64 number of steps per episode."""
+    return np.bincount(episode_ids, minlength=num_episodes).astype(np.int64)
+
+
 class DatasetError(ValueError):
     """A dataset that is malformed, corrupt, or not the one that was asked for.
 
@@ -85,12 +95,12 @@ class OfflineDataset:
     @property
     def episode_starts(self) -> np.ndarray:
         """[E] int64 row index of each episode's first step."""
-        return np.searchsorted(self.episode_ids, np.arange(self.num_episodes)).astype(np.int64)
+        return episode_starts(self.episode_ids, self.num_episodes)
 
     @property
     def episode_lengths(self) -> np.ndarray:
         """[E] int64 number of steps per episode."""
-        return np.bincount(self.episode_ids, minlength=self.num_episodes).astype(np.int64)
+        return episode_lengths(self.episode_ids, self.num_episodes)
 
     @property
     def episode_success(self) -> np.ndarray:

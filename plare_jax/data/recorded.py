@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plare_jax.data import video as video_io
-from plare_jax.data.dataset import DatasetError
+from plare_jax.data.dataset import DatasetError, episode_lengths, episode_starts
 from plare_jax.data.keyframes import keyframe_offsets, tile_keyframes
 from plare_jax.data.segments import SegmentPairs
 
@@ -136,12 +136,12 @@ class RecordedDataset:
     @property
     def episode_starts(self) -> np.ndarray:
         """[E] int64 row index of each episode's first step."""
-        return np.searchsorted(self.episode_ids, np.arange(self.num_episodes)).astype(np.int64)
+        return episode_starts(self.episode_ids, self.num_episodes)
 
     @property
     def episode_lengths(self) -> np.ndarray:
         """[E] int64 number of steps per episode."""
-        return np.bincount(self.episode_ids, minlength=self.num_episodes).astype(np.int64)
+        return episode_lengths(self.episode_ids, self.num_episodes)
 
     @property
     def task_text(self) -> str:
