@@ -6,33 +6,17 @@ A subprocess per run of experiments/metaworld.py, as a user runs it, against the
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "experiments" / "metaworld.py"
-TINY = [
-    "--env", "reach", "--num-episodes", "4", "--collection-horizon", "60", "--num-pairs", "24",
-    "--segment-length", "16", "--hidden-dims", "32", "32", "--batch-pairs", "8",
-    "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20", "--metrics-every", "10",
-    "--eval-every", "20", "--eval-episodes", "2", "--eval-horizon", "30", "--warmup-steps", "5",
-    "--workers", "1", "--no-video", "--labeler", "vlm", "--num-keyframes", "2", "--vlm.max-retries", "1",
-]  # fmt: skip
+from tests.test_experiment import run_cli
+from tests.test_experiment import TINY as TINY_SCRIPTED
 
-
-def run_cli(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("PLARE_VLM_BASE_URL", None)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+TINY = [*TINY_SCRIPTED, "--no-video", "--labeler", "vlm", "--num-keyframes", "2", "--vlm.max-retries", "1"]
 
 
 def dirs(tmp_path):
