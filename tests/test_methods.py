@@ -132,7 +132,8 @@ def test_rlvlmf_reward_model_ranks_held_out_pairs_and_iql_picks_the_good_action(
 def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompiling(tmp_path):
     data = synthetic_data(seed=2, num_pairs=120)
     method = get_method("rlvlmf")
-    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=40, batch_size=32, reward_batch_pairs=8)
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=40, batch_size=32, reward_batch_pairs=8,
+                                  critic_pretrain_steps=30)
     fresh = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
     device_data = method.device_data(fresh, data)
     key = jax.random.key(3)
@@ -143,18 +144,47 @@ def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompil
         assert save_state(manager, first)
         target = method.create(jax.random.key(9), POLICY, data, init=None, options=options)
         restored = restore_state(manager, target)
-    assert int(restored.step) == 20 and int(restored.reward_step) == 40
+    assert int(restored.step) == 20 and int(restored.reward_step) == 40 and int(restored.critic_pretrain_step) == 30
     np.testing.assert_array_equal(restored.rewards, first.rewards)
     resumed, metrics_2 = method.train(restored, device_data, key, 20, metrics_every=20)
     resumed, metrics_3 = method.train(resumed, device_data, key, 20, metrics_every=20)
     # The resumed calls trained no reward model and compiled nothing new (same shapes and sizes).
     assert (rlvlmf_module._iql_train_jit._cache_size(), rlvlmf_module._reward_train_jit._cache_size()) == compiled
     assert float(resumed.reward_seconds) == float(first.reward_seconds)
+    assert float(resumed.critic_pretrain_seconds) == float(first.critic_pretrain_seconds) > 0
     for a, b in zip(jax.tree.leaves(resumed.actor_params), jax.tree.leaves(whole.actor_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     for a, b in zip(jax.tree.leaves(resumed.target_critic_params), jax.tree.leaves(whole.target_critic_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     np.testing.assert_allclose([metrics_2["loss"][0], metrics_3["loss"][0]], whole_metrics["loss"][1:], rtol=1e-5)
+
+
+def test_rlvlmf_critic_pretraining_trains_value_and_critics_but_not_the_actor():
+    data = synthetic_data(seed=4, num_pairs=120)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=50, batch_size=32, critic_pretrain_steps=200)
+    state = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+    device_data = method.device_data(state, data)
+    key = jax.random.key(1)
+    state = rlvlmf_module._train_reward_model(state, device_data, key, None)
+    pretrained = rlvlmf_module._pretrain_critics(state, device_data, key, None)
+    assert int(pretrained.critic_pretrain_step) == 200 and int(pretrained.step) == int(state.step) == 0
+    assert pretrained.critics_pretrained and not state.critics_pretrained
+    for before, after in zip(jax.tree.leaves(state.actor_params), jax.tree.leaves(pretrained.actor_params)):
+        np.testing.assert_array_equal(before, after)
+    for tree in ("critic_params", "target_critic_params", "value_params"):
+        changed = [not np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(getattr(state, tree)), jax.tree.leaves(getattr(pretrained, tree)))]
+        assert all(changed), tree
+    # Trained critics rank the good action above the other one on the data's states.
+    obs = data.observations[:256]
+    q = rlvlmf_module._critic_values(pretrained.critic_graphdef, pretrained.critic_params, obs,
+                                     good_action(obs)).min(0)
+    q_bad = rlvlmf_module._critic_values(pretrained.critic_graphdef, pretrained.critic_params, obs,
+                                         -good_action(obs)).min(0)
+    assert float(np.mean(np.asarray(q) > np.asarray(q_bad))) > 0.8
+    report = method.report(pretrained, data)
+    assert report["critic_pretrain_steps"] == 200 and report["iql_steps"] == 0
 
 
 def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
@@ -207,6 +237,8 @@ def test_rlvlmf_rejects_bad_options_and_data_with_clear_errors():
         rlvlmf_module.RLVLMFOptions(reward_holdout_fraction=1.0)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         rlvlmf_module.RLVLMFOptions(batch_size=0)
+    with pytest.raises(ValueError, match="critic_pretrain_steps"):
+        rlvlmf_module.RLVLMFOptions(critic_pretrain_steps=-1)
     data = synthetic_data(num_pairs=20)
     no_labels = dataclasses.replace(data, weights=np.zeros_like(data.weights))
     method = get_method("rlvlmf")

@@ -75,6 +75,11 @@ class RLVLMFOptions:
     """Reward-model updates, run before IQL and on top of the IQL step budget (reference: 50k)."""
     reward_hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the reward model r(s, a) (reference: 512, 512)."""
+    critic_pretrain_steps: int = 0
+    """Value and critic updates (no actor update) after relabelling and before the IQL updates
+    that also train the actor; on top of the step budget, like the reward model's. IQL's value
+    learning never reads the actor, so this is the same algorithm with the policy extraction
+    started on trained critics instead of fresh ones (0: the reference's joint start)."""
     reward_lr: float = 3e-4
     """Adam learning rate of the reward model (constant)."""
     reward_batch_pairs: int = 32
@@ -110,6 +115,8 @@ class RLVLMFOptions:
         for name in ("reward_steps", "reward_batch_pairs", "schedule_steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"rlvlmf {name} must be positive, got {getattr(self, name)}")
+        if self.critic_pretrain_steps < 0:
+            raise ValueError(f"rlvlmf critic_pretrain_steps must be >= 0, got {self.critic_pretrain_steps}")
         if not 0.0 <= self.reward_holdout_fraction < 1.0:
             raise ValueError(f"rlvlmf reward_holdout_fraction must be in [0, 1), got {self.reward_holdout_fraction}")
         if not 0.0 < self.expectile < 1.0:
@@ -169,6 +176,7 @@ class RLVLMFState(flax.struct.PyTreeNode):
     step: jax.Array  # int32, policy updates: the BC phase's (if continued) plus IQL updates
     iql_start: jax.Array  # int32, `step` at which IQL started (0 from scratch)
     reward_step: jax.Array  # int32, reward-model updates done
+    critic_pretrain_step: jax.Array  # int32, critic-only updates done
     reward_params: nnx.State
     reward_opt_state: optax.OptState
     critic_params: nnx.State  # both critics, stacked on a leading axis of 2
@@ -185,6 +193,7 @@ class RLVLMFState(flax.struct.PyTreeNode):
     reward_train_accuracy: jax.Array  # on all training pairs, after training
     reward_heldout_accuracy: jax.Array  # on the held-out pairs (NaN when none are eligible)
     reward_seconds: jax.Array  # wall time of reward training and relabelling (incl. compilation)
+    critic_pretrain_seconds: jax.Array  # wall time of the critic-only updates (incl. compilation)
     reward_graphdef: Any = flax.struct.field(pytree_node=False)
     critic_graphdef: Any = flax.struct.field(pytree_node=False)
     value_graphdef: Any = flax.struct.field(pytree_node=False)
@@ -195,6 +204,10 @@ class RLVLMFState(flax.struct.PyTreeNode):
     @property
     def reward_trained(self) -> bool:
         return int(self.reward_step) >= self.config.reward_steps
+
+    @property
+    def critics_pretrained(self) -> bool:
+        return int(self.critic_pretrain_step) >= self.config.critic_pretrain_steps
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -309,7 +322,7 @@ _relabel_jit = jax.jit(_relabel_impl)
 # ----------------------------------------------------------------------------- IQL
 
 
-def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: jax.Array):
+def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: jax.Array, *, train_actor: bool = True):
     config = state.config
     obs, actions = batch["observations"], batch["actions"]
     q_target = jnp.min(_critic_values(state.critic_graphdef, state.target_critic_params, obs, actions), axis=0)
@@ -337,9 +350,12 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
         return jnp.mean(losses.awr_policy_loss(
             logp, advantages, inverse_temperature=config.inverse_temperature, max_weight=config.max_weight))
 
-    actor_loss, actor_grads = jax.value_and_grad(actor_objective)(state.actor_params)
-    actor_params, actor_opt_state = _apply(_actor_optimizer(config), actor_grads, state.actor_opt_state,
-                                           state.actor_params)
+    if train_actor:
+        actor_loss, actor_grads = jax.value_and_grad(actor_objective)(state.actor_params)
+        actor_params, actor_opt_state = _apply(_actor_optimizer(config), actor_grads, state.actor_opt_state,
+                                               state.actor_params)
+    else:
+        actor_loss, actor_params, actor_opt_state = jnp.float32(jnp.nan), state.actor_params, state.actor_opt_state
 
     # Critics: one-step targets through the updated V; rows without a successor (an episode's
     # last stored step that is not a true terminal) have no target and weigh 0.
@@ -370,7 +386,8 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
         "learning_rate": jnp.asarray(_actor_schedule(config)(state.step - state.iql_start), jnp.float32),
     }
     new_state = state.replace(
-        step=state.step + 1,
+        step=state.step + 1 if train_actor else state.step,
+        critic_pretrain_step=state.critic_pretrain_step if train_actor else state.critic_pretrain_step + 1,
         value_params=value_params, value_opt_state=value_opt_state,
         actor_params=actor_params, actor_opt_state=actor_opt_state,
         critic_params=critic_params, critic_opt_state=critic_opt_state,
@@ -379,12 +396,16 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
     return new_state, metrics
 
 
-def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, metrics_every, mesh):
-    iql_key = jax.random.split(key)[1]
+def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, metrics_every, mesh,
+                    train_actor=True):
+    # Critic-only pretraining draws from its own stream (its own counter), so that the joint
+    # updates see the same batches with or without it.
+    iql_key = jax.random.split(key, 3)[1 if train_actor else 2]
     num_rows = data.observations.shape[0]
 
     def one_step(state, _):
-        sample_key, dropout_key = jax.random.split(jax.random.fold_in(iql_key, state.step))
+        counter = state.step if train_actor else state.critic_pretrain_step
+        sample_key, dropout_key = jax.random.split(jax.random.fold_in(iql_key, counter))
         idx = jax.random.randint(sample_key, (state.config.batch_size,), 0, num_rows)
         batch = {
             "observations": data.observations[idx],
@@ -394,7 +415,7 @@ def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, met
             "terminals": data.terminals[idx],
             "rewards": state.rewards[idx],
         }
-        return _iql_update(state, constrain_batch(batch, mesh), dropout_key)
+        return _iql_update(state, constrain_batch(batch, mesh), dropout_key, train_actor=train_actor)
 
     def one_window(state, _):
         state, metrics = jax.lax.scan(one_step, state, None, length=metrics_every)
@@ -403,7 +424,7 @@ def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, met
     return jax.lax.scan(one_window, state, None, length=num_steps // metrics_every)
 
 
-_iql_train_jit = jax.jit(_iql_train_impl, static_argnames=("num_steps", "metrics_every", "mesh"))
+_iql_train_jit = jax.jit(_iql_train_impl, static_argnames=("num_steps", "metrics_every", "mesh", "train_actor"))
 
 
 # ----------------------------------------------------------------------------- the method
@@ -427,6 +448,21 @@ def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, me
         reward_loss=metrics["loss"] if metrics is not None else state.reward_loss,
         reward_seconds=jnp.asarray(time.perf_counter() - start, jnp.float32),
     )
+
+
+def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh) -> RLVLMFState:
+    """Runs the remaining critic-only updates in chunks (a progress bar)."""
+    start = time.perf_counter()
+    remaining = state.config.critic_pretrain_steps - int(state.critic_pretrain_step)
+    with tqdm(total=remaining, desc="rlvlmf critics", unit="step", leave=False) as bar:
+        while remaining > 0:
+            chunk = min(_REWARD_CHUNK, remaining)
+            state, metrics = _iql_train_jit(state, data, key, num_steps=chunk, metrics_every=chunk, mesh=mesh,
+                                            train_actor=False)
+            remaining -= chunk
+            bar.update(chunk)
+            bar.set_postfix(q=f"{float(metrics['q_mean'][-1]):.2f}", critic=f"{float(metrics['critic_loss'][-1]):.3f}")
+    return state.replace(critic_pretrain_seconds=jnp.asarray(time.perf_counter() - start, jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,6 +510,7 @@ class RLVLMF:
             step=jnp.asarray(start, jnp.int32),
             iql_start=jnp.asarray(start, jnp.int32),
             reward_step=zero,
+            critic_pretrain_step=zero,
             reward_params=reward_params,
             reward_opt_state=_reward_optimizer(config).init(reward_params),
             critic_params=critic_params,
@@ -490,6 +527,7 @@ class RLVLMF:
             reward_train_accuracy=jnp.full((), jnp.nan, jnp.float32),
             reward_heldout_accuracy=jnp.full((), jnp.nan, jnp.float32),
             reward_seconds=jnp.zeros((), jnp.float32),
+            critic_pretrain_seconds=jnp.zeros((), jnp.float32),
             reward_graphdef=reward_graphdef,
             critic_graphdef=critic_graphdef,
             value_graphdef=value_graphdef,
@@ -526,7 +564,8 @@ class RLVLMF:
 
     def train(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, num_steps: int, *,
               metrics_every: int, mesh: jax.sharding.Mesh | None = None):
-        """`num_steps` IQL updates; the first call first trains the reward model and relabels."""
+        """`num_steps` IQL updates; the first call first trains the reward model, relabels and
+        runs the critic-only updates."""
         if metrics_every <= 0 or num_steps <= 0 or num_steps % metrics_every:
             raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of metrics_every ({metrics_every})")
         check_divisible(state.config.batch_size, mesh, "rlvlmf batch_size")
@@ -534,6 +573,8 @@ class RLVLMF:
         state, device_data, key = place((state, device_data, key), mesh)
         if not state.reward_trained:
             state = place(_train_reward_model(state, device_data, key, mesh), mesh)
+        if not state.critics_pretrained:
+            state = place(_pretrain_critics(state, device_data, key, mesh), mesh)
         return _iql_train_jit(state, device_data, key, num_steps=int(num_steps), metrics_every=int(metrics_every),
                               mesh=mesh)
 
@@ -552,6 +593,8 @@ class RLVLMF:
             "reward_heldout_accuracy": as_float(state.reward_heldout_accuracy),
             "reward_train_pairs": int(np.count_nonzero(~held & (data.weights > 0))),
             "reward_heldout_pairs_scored": int(np.count_nonzero(held & eligible)),
+            "critic_pretrain_steps": int(state.critic_pretrain_step),
+            "critic_pretrain_seconds": float(state.critic_pretrain_seconds),
             "iql_steps": int(state.step - state.iql_start),
         }
 
