@@ -1,0 +1,121 @@
+"""One results table from several runs of experiments/metaworld.py.
+
+    python experiments/results_table.py runs/heldout-sweep-into runs/heldout-rlvlmf
+
+Why: a table is often assembled from runs made at different times (one task per run, or one
+method re-run after a change). Each argument is a run directory (or its results.json); for every
+task, a method found in a later run replaces the same method from an earlier one (said on
+stderr). The runs must share the protocol (data seeds, training seeds, preset, teacher, label
+mistake rate, unsure handling): merging runs made under different protocols is refused. The
+`vs plare` verdicts are computed again on the merged cells. Prints the markdown table and the
+per-run successes; `--out` also writes the merged results.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import tyro  # noqa: E402
+
+from plare_jax import runs  # noqa: E402
+from plare_jax.pipeline.results import compare_to, format_table  # noqa: E402
+
+# Fields that must agree for two runs' cells to sit in one table.
+PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_mistake_rate", "preset", "data_seeds", "seeds", "unsure")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableConfig:
+    """Merge the results.json of several runs into one table (later runs replace earlier methods)."""
+
+    runs: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
+    """Run directories (or their results.json), earliest first."""
+    out: pathlib.Path | None = None
+    """Also write the merged results (results.json layout) here."""
+
+
+class TableError(ValueError):
+    pass
+
+
+def load_results(path: pathlib.Path) -> dict:
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise TableError(f"{path}: no results.json (is it a finished run directory?)")
+    results = runs.read_json(file)
+    if "tasks" not in results:
+        raise TableError(f"{file}: not an experiment's results.json (no 'tasks')")
+    return results
+
+
+def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None) -> dict:
+    """Merged results: protocol from the first run, methods per task in first-seen order."""
+    if not all_results:
+        raise TableError("give at least one run")
+    first_name, merged = all_results[0][0], {k: v for k, v in all_results[0][1].items() if k != "tasks"}
+    tasks: dict[str, dict] = {}
+    for name, results in all_results:
+        for field in PROTOCOL_FIELDS:
+            if results.get(field) != merged.get(field):
+                raise TableError(f"{name} and {first_name} differ in {field} ({results.get(field)!r} vs "
+                                 f"{merged.get(field)!r}): their cells do not belong in one table")
+        for task, info in results["tasks"].items():
+            entry = tasks.setdefault(task, {k: v for k, v in info.items() if k not in ("methods", "comparisons")})
+            methods = entry.setdefault("methods", {})
+            for method, cell in info["methods"].items():
+                if method in methods:
+                    log(f"{task}: {method} from {name} replaces the earlier run's")
+                methods[method] = cell
+    for entry in tasks.values():
+        entry["comparisons"] = compare_to(entry["methods"], "plare")
+    merged["tasks"] = tasks
+    merged["merged_from"] = [name for name, _ in all_results]
+    return merged
+
+
+def per_run_lines(results: dict) -> str:
+    lines = []
+    for task, info in results["tasks"].items():
+        if not info["methods"]:
+            continue
+        cells = []
+        for method, cell in info["methods"].items():
+            by_data: dict[int, list[str]] = {}
+            for run in cell.get("runs", []):
+                by_data.setdefault(run["data_seed"], []).append(f"{run['success_rate']:.2f}")
+            cells.append(f"{method} " + " / ".join(" ".join(v) for v in by_data.values()))
+        lines.append(f"{task}: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> TableConfig:
+    return tyro.cli(TableConfig, args=argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        merged = merge_results([(str(path), load_results(path)) for path in config.runs],
+                               log=lambda message: print(message, file=sys.stderr))
+    except (TableError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(merged))
+    print()
+    print("Per run (data seeds separated by /):")
+    print(per_run_lines(merged))
+    if config.out is not None:
+        runs.write_json_atomic(config.out, merged)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
