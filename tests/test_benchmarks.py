@@ -193,9 +193,9 @@ def test_methods_benchmark_tiny(tmp_path):
     assert all(r["steps_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
     assert rows[("plare", 32)]["rows_per_step"] == 32 * 2 * 16  # tiny: 16-step segments
     estimates = {e["method"]: e for e in payload["estimates"]}
-    rlvlmf = estimates["rlvlmf (IQL batch 32, 1000 reward steps)"]
+    rlvlmf = estimates["rlvlmf (IQL batch 32, 1000 reward steps, 10000 critic-only steps)"]
     assert rlvlmf["seconds"] == pytest.approx(rlvlmf["reward_s"] + rlvlmf["iql_s"])
-    assert rlvlmf["iql_s"] == pytest.approx(6000 / rows[("rlvlmf iql", 32)]["steps_per_s"])
+    assert rlvlmf["iql_s"] == pytest.approx((10_000 + 3000) / rows[("rlvlmf iql", 32)]["steps_per_s"])
     assert "steps/s" in proc.stdout and "training s" in proc.stdout
 
 
