@@ -13,7 +13,13 @@ the PLARE/CPL reference code does ("preference IQL"):
    constant, and its scale is whatever the labels' confidence made it; IQL's advantage weights
    exp(beta * A) depend on that scale, so standardising makes the reference beta mean the same
    for every task and seed (IQL itself rescales D4RL rewards for the same reason).
-3. IQL (Kostrikov et al., arXiv 2110.06169) on all transitions: V(s) by expectile regression
+3. Critic-only updates (`critic_pretrain_steps`): V and the twin critics below train without
+   the actor. IQL's value learning never reads the actor, so this is the same algorithm with
+   the policy extraction started on trained critics. Why: at the quick budget the joint start
+   extracts the policy from critics that are still far from converged (development data seed
+   0: plate-slide 0.00 with the joint start, 0.80 after 10k critic-only updates, the same
+   reward model; docs/methods.md). The paper preset keeps the joint start.
+4. IQL (Kostrikov et al., arXiv 2110.06169) on all transitions: V(s) by expectile regression
    on min(Q1, Q2) of a target twin critic; Q(s, a) by squared error to
    r + discount * (1 - terminal) * V(s'), only on rows with a stored successor (or a true
    terminal); Polyak-averaged target; the policy by advantage-weighted regression
@@ -33,9 +39,10 @@ under-trained, not the baseline being weak. Starting every preference method fro
 policy with the same number of second-phase updates makes the comparison about what each does
 with the labels. `create(..., init=None)` still gives the reference's from-scratch IQL.
 
-Resumability: the reward model is trained and the data relabelled entirely inside the first
-`train` call, so any state that `train` returns (and any checkpoint of it) holds the finished
-reward model and relabelled rewards (`rewards`), and continuing it equals an uninterrupted run.
+Resumability: the reward model is trained, the data relabelled and the critic-only updates run
+entirely inside the first `train` call, so any state that `train` returns (and any checkpoint of
+it) holds the finished reward model, relabelled rewards (`rewards`) and pretrained critics, and
+continuing it equals an uninterrupted run.
 """
 
 from __future__ import annotations
