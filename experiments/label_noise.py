@@ -26,7 +26,7 @@ import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is impor
 from plare_jax import plotting, runs  # noqa: E402
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
-from plare_jax.pipeline.run import run  # noqa: E402
+from plare_jax.pipeline.run import load_resumed_config, run  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
     ExperimentConfig(), env=("sweep-into",), method=("plare", "rlvlmf", "sft", "bc"), seeds=(0, 1, 2),
@@ -50,6 +50,23 @@ def rate_run_name(rate: float) -> str:
     return f"rate{rate:.2f}"
 
 
+# Options that say where a run lives or how it is executed, not what it computes.
+_LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers")
+
+
+def check_same_experiment(run_dir, experiment: ExperimentConfig) -> None:
+    """An existing rate's run is reused (or resumed with its stored options) only if it is the
+    experiment asked for: a sweep continued with other tasks, seeds or methods would otherwise
+    silently mix two protocols in one figure."""
+    stored = dataclasses.asdict(load_resumed_config(run_dir))
+    asked = dataclasses.asdict(experiment)
+    differing = sorted(name for name in asked if name not in _LOCATION_FIELDS and stored.get(name) != asked[name])
+    if differing:
+        details = "; ".join(f"{name}: stored {stored.get(name)!r}, asked {asked[name]!r}" for name in differing)
+        raise ConfigError(f"{run_dir} was run with other options ({details}); continue it with the "
+                          "same options, or start another sweep with --name")
+
+
 def run_sweep(config: LabelNoiseConfig) -> dict:
     if not config.mistake_rates:
         raise ConfigError("--mistake-rates needs at least one rate")
@@ -66,6 +83,8 @@ def run_sweep(config: LabelNoiseConfig) -> dict:
         run_dir = sweep_dir / rate_run_name(rate)
         experiment = dataclasses.replace(base, teacher_mistake_rate=rate, out_dir=sweep_dir,
                                          run_name=rate_run_name(rate))
+        if run_dir.exists():
+            check_same_experiment(run_dir, experiment)
         if (run_dir / "results.json").exists() and (run_dir / "summary.md").exists():
             results = runs.read_json(run_dir / "results.json")  # finished before
         elif run_dir.exists():

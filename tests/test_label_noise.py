@@ -48,3 +48,7 @@ def test_sweep_runs_each_rate_and_flips_that_share_of_labels(tmp_path):
     again = run_sweep(args, tmp_path)
     assert again.returncode == 0 and "resuming" not in again.stdout
     assert json.loads((sweep / "label_noise.json").read_text())["points"] == summary["points"]
+    # Continuing it with other seeds would mix two protocols in one figure: refused, nothing run.
+    other = run_sweep([*args[:args.index("--seeds")], "--seeds", "0", "1", *args[args.index("--seeds") + 2:]], tmp_path)
+    assert other.returncode == 2 and "seeds: stored (0,), asked (0, 1)" in other.stderr and "--name" in other.stderr
+    assert not (sweep / "rate0.00" / "reach-v3" / "data0" / "seed1").exists()
