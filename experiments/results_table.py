@@ -40,6 +40,9 @@ class TableConfig:
     """Run directories (or their results.json), earliest first."""
     out: pathlib.Path | None = None
     """Also write the merged results (results.json layout) here."""
+    curves: pathlib.Path | None = None
+    """Also plot the merged learning curves (success at every evaluation, per task and method) to
+    this PNG; needs run directories, not bare results.json files."""
 
 
 class TableError(ValueError):
@@ -81,6 +84,26 @@ def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None)
     return merged
 
 
+def merge_curves(run_dirs: list[pathlib.Path]) -> tuple[dict, int | None]:
+    """task -> method -> per-run curves, a later run's method replacing an earlier one's, and the
+    BC -> second-phase switch step (None where the runs disagree)."""
+    from plare_jax.pipeline.results import eval_curves
+    from plare_jax.pipeline.run import load_resumed_config
+
+    merged: dict[str, dict] = {}
+    switch_steps = set()
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise TableError(f"--curves needs run directories; {run_dir} is not one")
+        config = load_resumed_config(run_dir)
+        switch_steps.add(config.bc_steps)
+        for task, methods in eval_curves(run_dir, config).items():
+            for method, per_run in methods.items():
+                if any(per_run):  # a task the run did not reach has no evaluations
+                    merged.setdefault(task, {})[method] = per_run
+    return merged, (switch_steps.pop() if len(switch_steps) == 1 else None)
+
+
 def per_run_lines(results: dict) -> str:
     lines = []
     for task, info in results["tasks"].items():
@@ -114,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     print(per_run_lines(merged))
     if config.out is not None:
         runs.write_json_atomic(config.out, merged)
+    if config.curves is not None:
+        from plare_jax import plotting
+
+        try:
+            curves, switch_step = merge_curves(list(config.runs))
+        except (TableError, OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        plotting.plot_learning_curves(curves, config.curves, phase_switch_step=switch_step)
     return 0
 
 

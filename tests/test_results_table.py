@@ -71,3 +71,29 @@ def test_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "unfinished").mkdir()
     assert script.main([str(tmp_path / "unfinished")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_curves_merge_runs_and_need_run_directories(tmp_path, capsys):
+    from plare_jax import runs
+    from plare_jax.pipeline.config import ExperimentConfig
+
+    script = load_table_script()
+    made = []
+    for name, method, success in (("first", "plare", 0.6), ("second", "bc", 0.3)):
+        run_dir = tmp_path / name
+        config = ExperimentConfig(env=("reach",), method=(method,), bc_steps=20, cpl_steps=20)
+        runs.create_run_dir(run_dir, config)
+        (run_dir / "reach-v3" / "data0" / "seed0").mkdir(parents=True)
+        log = runs.MetricsLog(run_dir / "reach-v3" / "data0" / "seed0" / "metrics.jsonl")
+        log.append({"branch": "bc_phase", "step": 20, "eval": True, "success_rate": 0.2})
+        log.append({"branch": method, "step": 40, "eval": True, "success_rate": success})
+        (run_dir / "results.json").write_text(json.dumps(results({method: cell([success] * 4)})))
+        made.append(run_dir)
+    curves, switch = script.merge_curves(made)
+    assert switch == 20
+    assert curves["reach-v3"] == {"plare": [[(20, 0.2), (40, 0.6)]], "bc": [[(20, 0.2), (40, 0.3)]]}
+    png = tmp_path / "curves.png"
+    assert script.main([*map(str, made), "--curves", str(png)]) == 0 and png.stat().st_size > 1000
+    capsys.readouterr()
+    assert script.main([str(made[0] / "results.json"), "--curves", str(png)]) == 2
+    assert "needs run directories" in capsys.readouterr().err
