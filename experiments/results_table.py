@@ -40,6 +40,8 @@ class TableConfig:
     """Run directories (or their results.json), earliest first."""
     out: pathlib.Path | None = None
     """Also write the merged results (results.json layout) here."""
+    order: tuple[str, ...] = ("plare", "rlvlmf", "sft", "bc", "pbc")
+    """Order of the methods within each task (methods not listed follow in the order found)."""
     curves: pathlib.Path | None = None
     """Also plot the merged learning curves (success at every evaluation, per task and method) to
     this PNG; needs run directories, not bare results.json files."""
@@ -59,7 +61,13 @@ def load_results(path: pathlib.Path) -> dict:
     return results
 
 
-def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None) -> dict:
+def _ordered(methods: dict, order: tuple[str, ...]) -> dict:
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(methods.items(), key=lambda item: rank.get(item[0], len(rank))))  # stable
+
+
+def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None,
+                  order: tuple[str, ...] = ()) -> dict:
     """Merged results: protocol from the first run, methods per task in first-seen order."""
     if not all_results:
         raise TableError("give at least one run")
@@ -78,13 +86,14 @@ def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None)
                     log(f"{task}: {method} from {name} replaces the earlier run's")
                 methods[method] = cell
     for entry in tasks.values():
+        entry["methods"] = _ordered(entry["methods"], order)
         entry["comparisons"] = compare_to(entry["methods"], "plare")
     merged["tasks"] = tasks
     merged["merged_from"] = [name for name, _ in all_results]
     return merged
 
 
-def merge_curves(run_dirs: list[pathlib.Path]) -> tuple[dict, int | None]:
+def merge_curves(run_dirs: list[pathlib.Path], order: tuple[str, ...] = ()) -> tuple[dict, int | None]:
     """task -> method -> per-run curves, a later run's method replacing an earlier one's, and the
     BC -> second-phase switch step (None where the runs disagree)."""
     from plare_jax.pipeline.results import eval_curves
@@ -101,6 +110,7 @@ def merge_curves(run_dirs: list[pathlib.Path]) -> tuple[dict, int | None]:
             for method, per_run in methods.items():
                 if any(per_run):  # a task the run did not reach has no evaluations
                     merged.setdefault(task, {})[method] = per_run
+    merged = {task: _ordered(methods, order) for task, methods in merged.items()}
     return merged, (switch_steps.pop() if len(switch_steps) == 1 else None)
 
 
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         merged = merge_results([(str(path), load_results(path)) for path in config.runs],
-                               log=lambda message: print(message, file=sys.stderr))
+                               log=lambda message: print(message, file=sys.stderr), order=config.order)
     except (TableError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         from plare_jax import plotting
 
         try:
-            curves, switch_step = merge_curves(list(config.runs))
+            curves, switch_step = merge_curves(list(config.runs), config.order)
         except (TableError, OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -55,6 +55,10 @@ def test_a_later_run_replaces_a_method_and_the_verdicts_are_recomputed(tmp_path,
     assert "replaces" in printed.err and "| sweep-into-v3 | rlvlmf | 0.85" in printed.out
     assert "rlvlmf 0.80 0.90 / 0.90 0.80" in printed.out
     assert merged["merged_from"] == [str(first), str(second / "results.json")]
+    # Methods follow --order whichever run they came from.
+    third = write(tmp_path, "third", results({"bc": cell([0.5] * 4), "sft": cell([0.6] * 4)}))
+    assert script.main([str(third), str(first), "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["tasks"]["sweep-into-v3"]["methods"]) == ["plare", "rlvlmf", "sft", "bc"]
 
 
 @pytest.mark.parametrize("field,value", [("data_seeds", [0]), ("teacher_mistake_rate", 0.2), ("preset", "paper")])
@@ -92,6 +96,7 @@ def test_curves_merge_runs_and_need_run_directories(tmp_path, capsys):
     curves, switch = script.merge_curves(made)
     assert switch == 20
     assert curves["reach-v3"] == {"plare": [[(20, 0.2), (40, 0.6)]], "bc": [[(20, 0.2), (40, 0.3)]]}
+    assert list(script.merge_curves(made[::-1], ("plare", "bc"))[0]["reach-v3"]) == ["plare", "bc"]
     png = tmp_path / "curves.png"
     assert script.main([*map(str, made), "--curves", str(png)]) == 0 and png.stat().st_size > 1000
     capsys.readouterr()
