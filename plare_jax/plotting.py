@@ -78,14 +78,16 @@ def plot_label_noise(
     tasks = list(points)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for method, rows in points[task].items():
-            rows = sorted(rows)
-            if not rows:
-                continue
+        methods = [(method, sorted(rows)) for method, rows in points[task].items() if rows]
+        # Each method's points sit slightly beside the others' (at most 1 point of the rate
+        # axis either side) so that overlapping intervals stay readable; the rate is the tick.
+        offsets = np.linspace(-1.0, 1.0, len(methods)) if len(methods) > 1 else [0.0]
+        for (method, rows), offset in zip(methods, offsets):
             rates, means, lows, highs = (np.array(col, dtype=float) for col in zip(*rows))
             errors = np.nan_to_num(np.stack([means - lows, highs - means]), nan=0.0)
-            ax.errorbar(100 * rates, means, yerr=np.clip(errors, 0, None), marker="o", markersize=4,
+            ax.errorbar(100 * rates + offset, means, yerr=np.clip(errors, 0, None), marker="o", markersize=4,
                         capsize=3, label=method)
+        ax.set_xticks(sorted({100 * r for _, rows in methods for r, *_ in rows}))
         ax.set_title(task)
         ax.set_xlabel("labels flipped (%)")
         ax.set_ylabel(ylabel)
