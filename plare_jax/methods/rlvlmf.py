@@ -68,8 +68,8 @@ from plare_jax.sharding import check_divisible, constrain_batch, place
 
 __all__ = ["RLVLMFOptions", "QUICK", "PAPER", "RLVLMFData", "RLVLMFState", "RLVLMF", "METHOD", "holdout_split"]
 
-# Reward-model updates per host call (one progress-bar tick each).
-_REWARD_CHUNK = 1000
+# Reward-model and critic-only updates per host call (one progress-bar tick each).
+_CHUNK_STEPS = 1000
 # Rows per forward pass when relabelling the whole dataset (bounds activation memory).
 _RELABEL_BATCH = 8192
 
@@ -446,7 +446,7 @@ def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, me
     metrics = None
     with tqdm(total=remaining, desc="rlvlmf reward model", unit="step", leave=False) as bar:
         while remaining > 0:
-            chunk = min(_REWARD_CHUNK, remaining)
+            chunk = min(_CHUNK_STEPS, remaining)
             state, metrics = _reward_train_jit(state, data, key, num_steps=chunk, mesh=mesh)
             remaining -= chunk
             bar.update(chunk)
@@ -465,7 +465,7 @@ def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh
     remaining = state.config.critic_pretrain_steps - int(state.critic_pretrain_step)
     with tqdm(total=remaining, desc="rlvlmf critics", unit="step", leave=False) as bar:
         while remaining > 0:
-            chunk = min(_REWARD_CHUNK, remaining)
+            chunk = min(_CHUNK_STEPS, remaining)
             state, metrics = _iql_train_jit(state, data, key, num_steps=chunk, metrics_every=chunk, mesh=mesh,
                                             train_actor=False)
             remaining -= chunk
