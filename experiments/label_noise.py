@@ -7,6 +7,14 @@ that accuracy), and the whole MetaWorld experiment runs on the same data with th
 rate is one ordinary run directory under the sweep's folder (resumable the same way); the sweep
 writes label_noise.json and label_noise.png (mean and 95% interval per method and rate), the
 figure that tells a user how accurate their VLM must be for each method.
+
+Sweeps run at different times (one task each) are drawn in one figure, one panel per task, with
+no training:
+
+    python experiments/label_noise.py --combine runs/sweep-a runs/sweep-b --figure label_noise.png
+
+They must share the rates and the protocol (data seeds, training seeds, preset, teacher, unsure
+handling); a task found in two of them is refused rather than silently drawn from one.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
 from typing import Annotated  # noqa: E402
 
 import tyro  # noqa: E402
@@ -26,6 +35,7 @@ import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is impor
 from plare_jax import plotting, runs  # noqa: E402
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
+from plare_jax.pipeline.results import PROTOCOL_FIELDS  # noqa: E402
 from plare_jax.pipeline.run import load_resumed_config, run  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
@@ -42,6 +52,11 @@ class LabelNoiseConfig:
     name: str = "label_noise"
     """Folder of the sweep under --out-dir; an existing sweep is continued, its finished
     rates are reused and an interrupted rate is resumed."""
+    combine: tuple[pathlib.Path, ...] = ()
+    """Instead of running a sweep: finished sweep folders (or their label_noise.json) to draw in
+    one figure, one panel per task; needs --figure. The experiment options are then unused."""
+    figure: pathlib.Path | None = None
+    """Where --combine writes its PNG."""
     experiment: Annotated[ExperimentConfig, tyro.conf.OmitArgPrefixes] = DEFAULT_EXPERIMENT
     """Every option of experiments/metaworld.py (labels always come from the scripted teacher)."""
 
@@ -107,6 +122,65 @@ def run_sweep(config: LabelNoiseConfig) -> dict:
     return summary
 
 
+def load_sweep(path: pathlib.Path) -> dict:
+    file = path / "label_noise.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"{path}: no label_noise.json (is it a finished sweep's folder?)")
+    try:
+        summary = runs.read_json(file)
+    except ValueError as error:  # a truncated or hand-edited file
+        raise ConfigError(f"{file}: not readable JSON ({error})") from None
+    if not isinstance(summary, dict) or not all(key in summary for key in ("mistake_rates", "runs", "points")):
+        raise ConfigError(f"{file}: not a label-noise sweep's summary (needs mistake_rates, runs, points)")
+    return summary
+
+
+def combine_sweeps(paths: tuple[pathlib.Path, ...], figure: pathlib.Path) -> dict:
+    """task -> method -> [(rate, mean, low, high)] of several finished sweeps, drawn to `figure`.
+
+    Refused (nothing written) where the sweeps ran other rates or another protocol at a rate, or
+    share a task: either would put numbers in one figure that were not measured alike."""
+    if not paths:
+        raise ConfigError("--combine needs at least one sweep folder")
+    sweeps = [(str(path), load_sweep(path)) for path in paths]
+    first_name, first = sweeps[0]
+    points: dict = {}
+    owner: dict[str, str] = {}
+    try:
+        for name, sweep in sweeps:
+            _check_and_add(name, sweep, first_name, first, points, owner)
+    except (KeyError, TypeError, AttributeError) as error:  # well-formed JSON of another layout
+        raise ConfigError(f"a sweep summary lacks an expected entry ({error!r}): is every path a "
+                          "finished sweep of experiments/label_noise.py?") from None
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    plotting.plot_label_noise(points, figure)
+    print(format_sweep(points))
+    print(f"\nfigure: {figure}")
+    return points
+
+
+def _check_and_add(name: str, sweep: dict, first_name: str, first: dict, points: dict, owner: dict) -> None:
+    """Checks one sweep against the first and adds its tasks to `points` (task -> sweep in `owner`)."""
+    if sorted(sweep["runs"]) != sorted(first["runs"]):
+        raise ConfigError(f"{name} ran the rates {sorted(sweep['runs'])}, {first_name} ran "
+                          f"{sorted(first['runs'])}: give sweeps of the same rates")
+    for rate_key, entry in sweep["runs"].items():
+        ours, theirs = entry["results"], first["runs"][rate_key]["results"]
+        for field in PROTOCOL_FIELDS:
+            if ours.get(field) != theirs.get(field):
+                raise ConfigError(f"{name} and {first_name} differ in {field} at rate {rate_key} "
+                                  f"({ours.get(field)!r} vs {theirs.get(field)!r}): they do not "
+                                  "belong in one figure")
+    for task, methods in sweep["points"].items():
+        if task in owner:
+            raise ConfigError(f"{task} is in both {owner[task]} and {name}: give each task once")
+        owner[task] = name
+        rows_by_method = {method: [tuple(row) for row in rows] for method, rows in methods.items()}
+        if any(len(row) != 4 for rows in rows_by_method.values() for row in rows):
+            raise ConfigError(f"{name}: {task}'s points are not (rate, mean, low, high) rows")
+        points[task] = rows_by_method
+
+
 def format_sweep(points: dict) -> str:
     rates = sorted({r for methods in points.values() for rows in methods.values() for r, *_ in rows})
     lines = ["| task | method | " + " | ".join(f"{r:.0%} flipped" for r in rates) + " |",
@@ -127,7 +201,14 @@ def parse_args(argv: list[str] | None = None) -> LabelNoiseConfig:
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
-        run_sweep(config)
+        if config.combine:
+            if config.figure is None:
+                raise ConfigError("--combine needs --figure PATH (the PNG to write)")
+            combine_sweeps(config.combine, config.figure)
+        elif config.figure is not None:
+            raise ConfigError("--figure goes with --combine; a sweep writes label_noise.png in its folder")
+        else:
+            run_sweep(config)
     except (ConfigError, UnknownTaskError, runs.RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,10 +26,7 @@ from typing import Annotated  # noqa: E402
 import tyro  # noqa: E402
 
 from plare_jax import runs  # noqa: E402
-from plare_jax.pipeline.results import compare_to, format_table  # noqa: E402
-
-# Fields that must agree for two runs' cells to sit in one table.
-PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_mistake_rate", "preset", "data_seeds", "seeds", "unsure")
+from plare_jax.pipeline.results import PROTOCOL_FIELDS, compare_to, format_table  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

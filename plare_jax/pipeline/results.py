@@ -12,6 +12,10 @@ from plare_jax.methods import get_method
 from plare_jax.pipeline.config import ExperimentConfig
 from plare_jax.pipeline.train import method_evals
 
+# Fields of a results.json that must agree for two runs' numbers to be compared side by side
+# (one table, one figure): how the labels were made and which data and training seeds ran.
+PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_mistake_rate", "preset", "data_seeds", "seeds", "unsure")
+
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal 1.96).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
