@@ -100,6 +100,10 @@ def test_bad_data_fails_before_any_vlm_request(tmp_path, capsys, corrupt):
     (False, ["--labeler", "auto"], "has no rewards, so the scripted teacher cannot label it"),
     (True, ["--segment-length", "31"], "no episode has 31 steps"),
     (True, ["--holdout-fraction", "1.0"], "--holdout-fraction must be in [0, 1)"),
+    # The checks shared with the MetaWorld experiment (pipeline.config.validate_updates).
+    (True, ["--bc-steps", "150", "--metrics-every", "100"], "--bc-steps (150) must be a non-negative multiple"),
+    (True, ["--bias", "0"], "--bias must be in (0, 1]"),
+    (True, ["--batch-pairs", "0"], "--batch-pairs must be positive"),
     (True, ["--eval-env", "Pendulum-v1"], "do not match the data's"),
     (True, ["--eval-env", "NoSuchEnv-v0"], "--eval-env 'NoSuchEnv-v0': cannot make the environment"),
 ])

@@ -202,12 +202,11 @@ class ExperimentConfig:
         return options
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Fail fast on impossible sizes, before anything is computed."""
-    positive = ["num_episodes", "collection_horizon", "num_pairs", "segment_length", "num_keyframes",
-                "batch_pairs", "bc_batch_size", "metrics_every", "eval_every", "eval_episodes",
-                "eval_horizon"]
-    for name in positive:
+def validate_updates(config) -> None:
+    """The checks on the policy/update and labelling options that every experiment shares (the
+    MetaWorld one here, the recorded-data one in pipeline/offline.py)."""
+    for name in ("num_pairs", "segment_length", "num_keyframes", "batch_pairs", "bc_batch_size",
+                 "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     for name in ("bc_steps", "cpl_steps"):
@@ -219,11 +218,25 @@ def validate(config: ExperimentConfig) -> None:
     if config.eval_every % config.metrics_every:
         raise ConfigError(f"--eval-every ({config.eval_every}) must be a multiple of "
                           f"--metrics-every ({config.metrics_every})")
+    if config.num_keyframes > config.segment_length:
+        raise ConfigError("--num-keyframes cannot exceed --segment-length")
+    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
+        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
+    if not 0.0 < config.bias <= 1.0:
+        raise ConfigError("--bias must be in (0, 1]")
+    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
+        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Fail fast on impossible sizes, before anything is computed."""
+    for name in ("num_episodes", "collection_horizon"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    validate_updates(config)
     if config.segment_length > config.collection_horizon:
         raise ConfigError(f"--segment-length ({config.segment_length}) is longer than an episode "
                           f"(--collection-horizon {config.collection_horizon})")
-    if config.num_keyframes > config.segment_length:
-        raise ConfigError("--num-keyframes cannot exceed --segment-length")
     if not config.env:
         raise ConfigError("--env needs at least one task")
     if not config.seeds:
@@ -243,14 +256,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--method: unknown {unknown}; known: {', '.join(METHODS)}")
     if len(set(config.method)) != len(config.method):
         raise ConfigError("--method lists a method twice")
-    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
-        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
     for name in ("stretch_prob", "decoy_prob", "misperceive_prob"):
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    if not 0.0 < config.bias <= 1.0:
-        raise ConfigError("--bias must be in (0, 1]")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
     if config.vlm.max_tokens < 1:
@@ -259,8 +268,6 @@ def validate(config: ExperimentConfig) -> None:
         shlex.split(config.vlm.serve_args)
     except ValueError as e:
         raise ConfigError(f"--vlm.serve-args {config.vlm.serve_args!r} is not a valid shell-quoted string: {e}") from None
-    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
-        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

@@ -38,7 +38,7 @@ from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import BC_PHASE, METHODS, get_method
 from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions, validate_updates
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.train import learner_config, method_evals, train_seed
@@ -155,32 +155,13 @@ class OfflineConfig:
 
 def validate(config: OfflineConfig) -> None:
     """Impossible options fail here, before the data is read."""
-    for name in ("num_pairs", "segment_length", "num_keyframes", "batch_pairs", "bc_batch_size",
-                 "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("bc_steps", "cpl_steps"):
-        value = getattr(config, name)
-        if value < 0 or value % config.metrics_every:
-            raise ConfigError(f"--{name.replace('_', '-')} ({value}) must be a non-negative multiple of "
-                              f"--metrics-every ({config.metrics_every})")
-    if config.eval_every % config.metrics_every:
-        raise ConfigError(f"--eval-every ({config.eval_every}) must be a multiple of --metrics-every "
-                          f"({config.metrics_every})")
-    if config.num_keyframes > config.segment_length:
-        raise ConfigError("--num-keyframes cannot exceed --segment-length")
+    validate_updates(config)
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {config.holdout_fraction}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
     if not config.method or len(set(config.method)) != len(config.method):
         raise ConfigError("--method needs at least one method, each once")
-    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
-        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
-    if not 0.0 < config.bias <= 1.0:
-        raise ConfigError("--bias must be in (0, 1]")
-    if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
-        raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
     try:
         kwargs = json.loads(config.eval_env_kwargs)
     except json.JSONDecodeError as e:
