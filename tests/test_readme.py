@@ -40,12 +40,13 @@ def _join_continuations(lines: list[str]) -> list[str]:
 
 
 def shell_lines(text: str) -> list[str]:
-    """Shell lines of a markdown text: fenced shell blocks, 4-space indented blocks, inline `python ...`."""
+    """Shell lines of a markdown text: fenced shell blocks (also indented, inside a list item),
+    4-space indented blocks, inline `python ...`."""
     lines = []
-    fence = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
-    for language, body in fence.findall(text):
+    fence = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.S | re.M)
+    for indent, language, body in fence.findall(text):
         if language in SHELL_LANGUAGES:
-            lines += _join_continuations(body.splitlines())
+            lines += _join_continuations([line.removeprefix(indent) for line in body.splitlines()])
     prose = fence.sub("", text)
     indented = re.findall(r"(?:^ {4}.*\S.*\n?)+", prose, re.M)
     for block in indented:
@@ -89,6 +90,14 @@ def test_the_documents_hold_the_commands_we_expect_to_check():
             "benchmarks/data_report.py"} <= scripts  # fmt: skip
     assert len(SCRIPT_COMMANDS) >= 12
     assert any(argv[:2] == ["-m", "plare_jax.labeling.loopback_server"] for _, argv in MODULE_COMMANDS)
+
+
+def test_the_parser_reads_every_form_a_command_takes_in_markdown():
+    text = ("- a list item\n\n  ```bash\n  python in_list.py --a 1 \\\n    --b 2\n  ```\n\n"
+            "```bash\npython fenced.py\n```\n\n    python indented.py\n\nprose `python inline.py --c` and\n"
+            "```python\nimport not_a_command\n```\n")
+    assert [" ".join(line.split()) for line in shell_lines(text)] == [
+        "python in_list.py --a 1 --b 2", "python fenced.py", "python indented.py", "python inline.py --c"]
 
 
 def load_script(path: Path):
