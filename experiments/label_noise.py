@@ -35,7 +35,7 @@ import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is impor
 from plare_jax import plotting, runs  # noqa: E402
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
-from plare_jax.pipeline.results import PROTOCOL_FIELDS  # noqa: E402
+from plare_jax.pipeline.results import protocol_difference  # noqa: E402
 from plare_jax.pipeline.run import load_resumed_config, run  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
@@ -107,19 +107,24 @@ def run_sweep(config: LabelNoiseConfig) -> dict:
         else:
             results = run(experiment)
         summary["runs"][f"{rate:.2f}"] = {"run_dir": run_dir.name, "results": results}
-    points = {}
-    for rate_key, entry in summary["runs"].items():
-        for task, info in entry["results"]["tasks"].items():
-            for method, m in info["methods"].items():
-                s = m["success"]
-                points.setdefault(task, {}).setdefault(method, []).append(
-                    (float(rate_key), s["mean"], s["ci95_low"], s["ci95_high"]))
-    summary["points"] = points
+    points = summary["points"] = points_from_runs(summary["runs"])
     runs.write_json_atomic(sweep_dir / "label_noise.json", summary)
     plotting.plot_label_noise(points, sweep_dir / "label_noise.png")
     print(format_sweep(points))
     print(f"\nsweep: {sweep_dir / 'label_noise.json'}; figure: {sweep_dir / 'label_noise.png'}")
     return summary
+
+
+def points_from_runs(runs_by_rate: dict) -> dict:
+    """task -> method -> [(rate, mean, ci95_low, ci95_high)] from a sweep's {rate: {"results": ...}}."""
+    points: dict = {}
+    for rate_key, entry in runs_by_rate.items():
+        for task, info in entry["results"]["tasks"].items():
+            for method, cell in info["methods"].items():
+                success = cell["success"]
+                points.setdefault(task, {}).setdefault(method, []).append(
+                    (float(rate_key), success["mean"], success["ci95_low"], success["ci95_high"]))
+    return points
 
 
 def load_sweep(path: pathlib.Path) -> dict:
@@ -130,8 +135,8 @@ def load_sweep(path: pathlib.Path) -> dict:
         summary = runs.read_json(file)
     except ValueError as error:  # a truncated or hand-edited file
         raise ConfigError(f"{file}: not readable JSON ({error})") from None
-    if not isinstance(summary, dict) or not all(key in summary for key in ("mistake_rates", "runs", "points")):
-        raise ConfigError(f"{file}: not a label-noise sweep's summary (needs mistake_rates, runs, points)")
+    if not isinstance(summary, dict) or not all(key in summary for key in ("mistake_rates", "runs")):
+        raise ConfigError(f"{file}: not a label-noise sweep's summary (needs mistake_rates and runs)")
     return summary
 
 
@@ -148,8 +153,14 @@ def combine_sweeps(paths: tuple[pathlib.Path, ...], figure: pathlib.Path) -> dic
     owner: dict[str, str] = {}
     try:
         for name, sweep in sweeps:
-            _check_and_add(name, sweep, first_name, first, points, owner)
-    except (KeyError, TypeError, AttributeError) as error:  # well-formed JSON of another layout
+            check_same_protocol(name, sweep, first_name, first)
+            for task, methods in points_from_runs(sweep["runs"]).items():
+                if task in owner:
+                    raise ConfigError(f"{task} is in both {owner[task]} and {name}: give each task once")
+                owner[task], points[task] = name, methods
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:  # well-formed JSON of another layout
         raise ConfigError(f"a sweep summary lacks an expected entry ({error!r}): is every path a "
                           "finished sweep of experiments/label_noise.py?") from None
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -159,26 +170,16 @@ def combine_sweeps(paths: tuple[pathlib.Path, ...], figure: pathlib.Path) -> dic
     return points
 
 
-def _check_and_add(name: str, sweep: dict, first_name: str, first: dict, points: dict, owner: dict) -> None:
-    """Checks one sweep against the first and adds its tasks to `points` (task -> sweep in `owner`)."""
+def check_same_protocol(name: str, sweep: dict, first_name: str, first: dict) -> None:
+    """Refuses a sweep whose rates, or whose protocol at any rate, differ from the first sweep's."""
     if sorted(sweep["runs"]) != sorted(first["runs"]):
         raise ConfigError(f"{name} ran the rates {sorted(sweep['runs'])}, {first_name} ran "
                           f"{sorted(first['runs'])}: give sweeps of the same rates")
     for rate_key, entry in sweep["runs"].items():
-        ours, theirs = entry["results"], first["runs"][rate_key]["results"]
-        for field in PROTOCOL_FIELDS:
-            if ours.get(field) != theirs.get(field):
-                raise ConfigError(f"{name} and {first_name} differ in {field} at rate {rate_key} "
-                                  f"({ours.get(field)!r} vs {theirs.get(field)!r}): they do not "
-                                  "belong in one figure")
-    for task, methods in sweep["points"].items():
-        if task in owner:
-            raise ConfigError(f"{task} is in both {owner[task]} and {name}: give each task once")
-        owner[task] = name
-        rows_by_method = {method: [tuple(row) for row in rows] for method, rows in methods.items()}
-        if any(len(row) != 4 for rows in rows_by_method.values() for row in rows):
-            raise ConfigError(f"{name}: {task}'s points are not (rate, mean, low, high) rows")
-        points[task] = rows_by_method
+        difference = protocol_difference(entry["results"], first["runs"][rate_key]["results"])
+        if difference:
+            raise ConfigError(f"{name} and {first_name} differ in {difference} at rate {rate_key}: they "
+                              "do not belong in one figure")
 
 
 def format_sweep(points: dict) -> str:

@@ -26,7 +26,7 @@ from typing import Annotated  # noqa: E402
 import tyro  # noqa: E402
 
 from plare_jax import runs  # noqa: E402
-from plare_jax.pipeline.results import PROTOCOL_FIELDS, compare_to, format_table  # noqa: E402
+from plare_jax.pipeline.results import compare_to, format_table, protocol_difference  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,10 @@ def merge_results(all_results: list[tuple[str, dict]], log=lambda message: None,
     first_name, merged = all_results[0][0], {k: v for k, v in all_results[0][1].items() if k != "tasks"}
     tasks: dict[str, dict] = {}
     for name, results in all_results:
-        for field in PROTOCOL_FIELDS:
-            if results.get(field) != merged.get(field):
-                raise TableError(f"{name} and {first_name} differ in {field} ({results.get(field)!r} vs "
-                                 f"{merged.get(field)!r}): their cells do not belong in one table")
+        difference = protocol_difference(results, merged)
+        if difference:
+            raise TableError(f"{name} and {first_name} differ in {difference}: their cells do not belong "
+                             "in one table")
         for task, info in results["tasks"].items():
             entry = tasks.setdefault(task, {k: v for k, v in info.items() if k not in ("methods", "comparisons")})
             methods = entry.setdefault("methods", {})

@@ -16,6 +16,14 @@ from plare_jax.pipeline.train import method_evals
 # (one table, one figure): how the labels were made and which data and training seeds ran.
 PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_mistake_rate", "preset", "data_seeds", "seeds", "unsure")
 
+
+def protocol_difference(ours: dict, theirs: dict) -> str | None:
+    """'field (ours vs theirs)' for the first protocol field two results.json differ in, else None."""
+    for field in PROTOCOL_FIELDS:
+        if ours.get(field) != theirs.get(field):
+            return f"{field} ({ours.get(field)!r} vs {theirs.get(field)!r})"
+    return None
+
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal 1.96).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
