@@ -10,6 +10,10 @@ from plare_jax.labeling.base import (
     PairBatch, preferences_to_targets,
 )  # fmt: skip
 from plare_jax.labeling.coverage import LabelCoverageError, check_label_coverage, label_coverage
+from plare_jax.labeling.noise import (
+    NOISE_MODELS, NOISE_STREAM_ID, TeacherNoise, apply_noise, calibrate_noise, calibrate_unsure_rate, gap_scale,
+    label_agreement, noise_free_level,
+)  # fmt: skip
 from plare_jax.labeling.launcher import VLLMLaunchError, VLLMNotFoundError, launch_vllm, local_gpu_available
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_returns
@@ -23,6 +27,8 @@ __all__ = [
     "PAIR_OK", "PAIR_UNSURE", "PAIR_MALFORMED", "PAIR_FAILED", "PAIR_STATUSES",
     "LabelCoverageError", "check_label_coverage", "label_coverage",
     "ScriptedTeacher", "preferences_from_returns",
+    "NOISE_MODELS", "NOISE_STREAM_ID", "TeacherNoise", "apply_noise", "calibrate_noise", "calibrate_unsure_rate",
+    "gap_scale", "label_agreement", "noise_free_level",
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight", "parse_choice",
     "task_text",
     "LabelStore", "LabelStoreError", "label_key",

@@ -33,11 +33,15 @@ class PairBatch:
             `(first, second)`; needed by image-based labelers.
         returns: `[P, 2]` ground-truth returns of the two segments of each pair;
             needed by the scripted teacher.
+        step_scores: Optional `[P, 2, T]` per-step scores of the two segments (e.g. dense
+            rewards); needed only by the scripted teacher's `myopic` noise model, which compares
+            their discounted sums (see `plare_jax.labeling.noise`).
     """
 
     task_text: str
     images: Sequence[tuple[bytes, bytes]] | None = None
     returns: np.ndarray | None = None
+    step_scores: np.ndarray | None = None
 
     def __post_init__(self):
         if self.images is None and self.returns is None:
@@ -53,6 +57,13 @@ class PairBatch:
             object.__setattr__(self, "returns", returns)
         if self.images is not None and self.returns is not None and len(self.images) != len(self.returns):
             raise ValueError(f"PairBatch has {len(self.images)} image pairs but {len(self.returns)} return pairs; they must match.")
+        if self.step_scores is not None:
+            steps = np.asarray(self.step_scores, dtype=np.float64)
+            if steps.ndim != 3 or steps.shape[1] != 2 or steps.shape[2] < 1:
+                raise ValueError(f"PairBatch.step_scores must have shape [P, 2, T], T >= 1, got {steps.shape}.")
+            if steps.shape[0] != len(self):
+                raise ValueError(f"PairBatch has {len(self)} pairs, step_scores {steps.shape[0]}; they must match.")
+            object.__setattr__(self, "step_scores", steps)
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.returns)
