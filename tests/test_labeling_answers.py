@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from plare_jax.labeling import parse_choice  # the one the labeler uses
-from plare_jax.labeling.answers import normalize_answer, storable_text
+from plare_jax.labeling.answers import normalize_answer, split_reasoning, storable_text
 from plare_jax.labeling.loopback_server import UNICODE_SPELLINGS
 
 DASHES = ["\u2212", "\u2012", "\u2013", "\u2014", "\u2015", "\ufe63", "\uff0d", "\u2010", "\u2011", "\u207b", "\u2796", "\ufe58"]
@@ -34,6 +34,11 @@ DASHES = ["\u2212", "\u2012", "\u2013", "\u2014", "\u2015", "\ufe63", "\uff0d", 
         ("", None), ("   ", None), (None, None), (1, None), (["1"], None),
         # escaped lone surrogates after the answer (as stored) do not hide it
         ("0\\udc80", 0), ("1\\udc80", 1), ("-1\\udc80", -1),
+        # a reasoning model's thinking is never the answer: only what follows it is read
+        ("<think>The answer is 0.</think>1", 1), ("<think>\n0 or 1? -1?\n</think>\n\nAnswer: -1", -1),
+        ("<think>Video 1 looks better: 0</think> The answer is 1.", 1), ("The answer is 1.</think>0", 0),
+        ("<think>The answer is 0.", None), ("<think>The answer is 0.</think>", None), ("</think>", None),
+        ("<think>a</think>0<think>1</think>", 0), ("<THINK>1</Think>0", 0),
     ],
 )  # fmt: skip
 def test_parse_choice(text, expected):
@@ -67,3 +72,27 @@ def test_storable_text_survives_sqlite_and_utf8(tmp_path):
         conn.execute("INSERT INTO t VALUES (?)", (text,))
     assert storable_text("x" * 50, max_chars=10).startswith("x" * 10 + "...[40 chars cut]")
     assert storable_text(None) == "None"
+
+
+@pytest.mark.parametrize(
+    "text, reasoning, answer",
+    [
+        ("1", "", "1"),  # no think tags: the text as it is
+        ("  The answer is 1. ", "", "  The answer is 1. "),
+        ("<think>\nhmm, 0?\n</think>\n\n1", "hmm, 0?", "1"),
+        ("<think>hmm</think>", "hmm", ""),
+        ("<think>hmm, 0? still thinking", "hmm, 0? still thinking", ""),  # unterminated: no answer
+        ("hmm, 0?</think>1", "hmm, 0?", "1"),  # the chat template opened the block
+        ("<think>a</think>1<think>b</think>", "ab", "1"),
+        ("< think >a</ think >1", "a", "1"),
+        ("<think>a<think>b</think>c</think>1", "abc", "1"),  # nested: all of it is thinking
+    ],
+)  # fmt: skip
+def test_split_reasoning(text, reasoning, answer):
+    assert split_reasoning(text) == (reasoning, answer)
+
+
+def test_split_reasoning_is_linear_on_hostile_text():
+    # runs of "<" and spaces that almost make a tag: no backtracking (quadratic would take minutes here)
+    for text in ("<" + " " * 200_000, "< / " * 50_000, "<" * 200_000 + "think"):
+        assert split_reasoning(text)[0] == ""

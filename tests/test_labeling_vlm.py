@@ -50,6 +50,11 @@ def test_valid_answers_agree_with_teacher_on_content():
     assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
     assert 0 <= s["latency_p50_s"] <= s["latency_p90_s"] <= s["latency_p99_s"]
     assert result.preferences.dtype == np.int8
+    # how often the model named the clip shown first, over its sure answers (one order: the data's balance)
+    sure = teacher != -1
+    assert s["first_answer_share"] == pytest.approx(np.mean(teacher[sure] == 0))
+    assert (s["sure_answers"], s["queries"], s["both_orders"]) == (int(sure.sum()), 24, False)
+    assert "order_consistency" not in s  # asked in one order: nothing to compare
 
 
 def test_unstructured_server_answers_are_parsed():

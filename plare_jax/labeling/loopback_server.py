@@ -7,7 +7,14 @@ hundreds of concurrent slow requests) that speaks `/v1/chat/completions`,
 - stage 1 (a request with images) answers with the mean brightness of each image
   and a pair id, so answers correlate with the images' content;
 - stage 2 (text only) reads those numbers back from the pasted stage-1 answer and
-  prefers the brighter clip (`-1` when they are within `tie_margin`).
+  prefers the brighter clip (`-1` when they are within `tie_margin`);
+- a position-biased model (`position_bias`) answers "0" (the clip shown first) for a share of
+  pairs, chosen by a hash of the images in the order shown, whatever they show;
+- a reasoning model (`reasoning`, `REASONING_MODES`) thinks aloud before answering, in a
+  `<think>` block or in the message's `reasoning_content` / `reasoning` field as vLLM's
+  reasoning parser returns it; its thinking names a wrong answer ("The answer is 0." where
+  the intended one is 1) and carries `REASONING_MARKER`, so a client that reads or pastes
+  the thinking gets caught.
 
 Every answer and every injected failure depends only on the request's content
 (and how often that content was asked), never on arrival order or timing, so tests
@@ -83,6 +90,14 @@ class LoopbackBehavior:
             a clock: a client with fewer requests in flight waits `hold_timeout_s` and the
             server counts a "gate_timeouts".
         hold_timeout_s: How long the gate waits before answering anyway.
+        position_bias: Share of stage-2 answers that are "0" (Video 1) whatever the images: a
+            model that prefers the position shown first. Chosen per pair and image order by a
+            hash (so (A, B) and (B, A) are drawn apart, and retries answer the same); the
+            other answers are the intended ones.
+        reasoning: How the fake model thinks before answering (None: it does not); one of
+            `REASONING_MODES`.
+        reasoning_stages: Which stages (1: description, 2: choice) think.
+        reasoning_chars: Length of the thinking text (huge, to test a client's limits).
     """
 
     latency_s: float = 0.0
@@ -107,11 +122,19 @@ class LoopbackBehavior:
     huge_body_chars: int = 1_500_000
     hold_until_in_flight: int = 0
     hold_timeout_s: float = 60.0
+    position_bias: float = 0.0
+    reasoning: str | None = None
+    reasoning_stages: tuple[int, ...] = (1, 2)
+    reasoning_chars: int = 400
 
     def __post_init__(self):
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        if self.reasoning is not None and self.reasoning not in REASONING_MODES:
+            raise ValueError(f"unknown reasoning mode {self.reasoning!r}; known: {REASONING_MODES}")
+        if not 0.0 <= self.position_bias <= 1.0:
+            raise ValueError(f"position_bias must be in [0, 1], got {self.position_bias}.")
         if self.fault_rate > 0 and not self.fault_kinds:
             self.fault_kinds = FAULT_KINDS
 
@@ -126,6 +149,18 @@ FAULT_KINDS = (
     "unicode_answer", "lone_surrogate", "two_answers", "same_answer_twice",
 )  # fmt: skip
 STRUCTURED_KEYS = ("structured_outputs", "guided_choice")
+# How a reasoning model's reply looks:
+# - "think": content "<think>THINKING</think>ANSWER" (no reasoning parser on the server);
+# - "reasoning_content" / "reasoning": the thinking in that message field, content the answer
+#   (vLLM's reasoning parser; older versions name the field reasoning_content);
+# - "unterminated_think": content "<think>THINKING" and finish_reason "length" (the tokens ran
+#   out while thinking: no answer);
+# - "reasoning_only": the thinking in reasoning_content, content None, finish_reason "length"
+#   (the same, behind a reasoning parser);
+# - "odd_reasoning": reasoning fields of the wrong types (a number, a list) beside the answer.
+REASONING_MODES = ("think", "reasoning_content", "reasoning", "unterminated_think", "reasoning_only", "odd_reasoning")
+# Written in every thinking text: a stage-2 request that contains it got the thinking pasted in.
+REASONING_MARKER = "(thinking aloud)"
 # Ways to write each answer with non-ASCII digits or minus signs (each must still read as that answer).
 UNICODE_SPELLINGS = {
     "0": ("\u0660", "\uff10", "\U0001d7ce", "\u06f0", "\u0966", "Answer: \uff10", "**\u0660**"),
@@ -336,6 +371,8 @@ class _Server(ThreadingHTTPServer):
             levels = [_image_brightness(url) for url in images]
             pair_id = hashlib.sha256("".join(images).encode()).hexdigest()[:16]
         else:
+            if REASONING_MARKER in text:
+                self.count("reasoning_echoed")  # the client pasted stage-1 thinking into stage 2
             found = dict(_BRIGHTNESS_RE.findall(text))
             levels = [float(found["1"]), float(found["2"])] if len(found) == 2 else None
             match = _PAIR_RE.search(text)
@@ -370,21 +407,28 @@ class _Server(ThreadingHTTPServer):
         else:
             self.count("stage2")
             answer = self._stage2_answer(levels, pair_id, constrained, fault, variant)
+        stage = 1 if images else 2
+        mode = b.reasoning if stage in b.reasoning_stages else None
+        thinking = ""
+        if mode is not None:
+            self.count("reasoning_replies")
+            thinking = _thinking(stage, intended_choice(levels, b.tie_margin), b.reasoning_chars)
         prompt_tokens = len(text) // 4 + 256 * len(images)
-        completion_tokens = max(1, len(answer) // 4)
-        return self._completion(content_key, answer, prompt_tokens, completion_tokens, fault, variant)
+        completion_tokens = max(1, len(answer) // 4) + len(thinking) // 4
+        return self._completion(content_key, answer, prompt_tokens, completion_tokens, fault, variant,
+                                reasoning=mode, thinking=thinking)  # fmt: skip
 
     def _completion(self, content_key: str, answer: str, prompt_tokens: int, completion_tokens: int,
-                    fault: str | None, variant: float) -> _Reply:  # fmt: skip
+                    fault: str | None, variant: float, *, reasoning: str | None = None,
+                    thinking: str = "") -> _Reply:  # fmt: skip
         b = self.behavior
+        message, finish = _reasoning_message(answer, reasoning, thinking)
         body = {
             "id": f"chatcmpl-{content_key[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -406,7 +450,7 @@ class _Server(ThreadingHTTPServer):
             raw = json.dumps(body).encode()
             return _Reply(200, raw=raw[: int(len(raw) * (0.1 + 0.8 * variant))], fault=fault)
         if fault == "huge_body":
-            body["choices"][0]["message"]["content"] = answer + " " + "blah " * (b.huge_body_chars // 5)
+            body["choices"][0]["message"]["content"] = (message["content"] or "") + " " + "blah " * (b.huge_body_chars // 5)
             return _Reply(200, body, fault=fault)
         if fault == "empty_choices":
             body["choices"] = []
@@ -436,6 +480,9 @@ class _Server(ThreadingHTTPServer):
         if b.malformed_fraction > 0 and _unit_hash(pair_id + "malformed") < b.malformed_fraction:
             return "It is hard to say; either Video 0 or Video 1 might be better."
         choice = intended_choice(levels, b.tie_margin)
+        if b.position_bias > 0 and _unit_hash(pair_id + "position") < b.position_bias:
+            self.count("position_biased")
+            choice = "0"  # Video 1, whatever the images show
         if fault == "unicode_answer":
             spellings = UNICODE_SPELLINGS[choice]
             return spellings[int(variant * len(spellings))]
@@ -450,6 +497,33 @@ class _Server(ThreadingHTTPServer):
         if constrained and not b.ignore_structured_output:
             return choice
         return f"Comparing the two descriptions, the answer is {choice}."
+
+
+def _thinking(stage: int, intended: str, length: int) -> str:
+    """The fake model's thinking: `length` characters that name a wrong answer (and, in stage 1,
+    wrong brightness numbers), so that a client reading or pasting them gets a wrong label."""
+    wrong = {"0": "1", "1": "0", "-1": "0"}[intended]
+    if stage == 1:
+        base = (f"{REASONING_MARKER} Let me look at both videos. Perhaps Video 1 brightness 0.9999 and "
+                f"Video 2 brightness 0.0001? The answer is {wrong}. ")  # fmt: skip
+    else:
+        base = f"{REASONING_MARKER} Comparing the descriptions: 0, 1 or -1? The answer is {wrong}. "
+    return (base * (length // len(base) + 1))[:max(length, 1)]
+
+
+def _reasoning_message(answer: str, mode: str | None, thinking: str) -> tuple[dict, str]:
+    """(message, finish_reason) of a reply that thinks as `mode` says (see `REASONING_MODES`)."""
+    if mode is None:
+        return {"role": "assistant", "content": answer}, "stop"
+    if mode == "think":
+        return {"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n\n{answer}"}, "stop"
+    if mode in ("reasoning_content", "reasoning"):
+        return {"role": "assistant", "content": answer, mode: thinking}, "stop"
+    if mode == "unterminated_think":
+        return {"role": "assistant", "content": f"<think>\n{thinking}"}, "length"
+    if mode == "reasoning_only":
+        return {"role": "assistant", "content": None, "reasoning_content": thinking}, "length"
+    return {"role": "assistant", "content": answer, "reasoning_content": 7, "reasoning": [thinking]}, "stop"
 
 
 def intended_choice(levels: list[float] | None, tie_margin: float) -> str:
@@ -515,7 +589,9 @@ class LoopbackVLMServer:
     def counts(self) -> dict:
         """Requests received: total, answered stage 1 / stage 2, injected errors, hung, ignored
         constraint keys (vLLM's per-request warning), trickles completed or abandoned by the client,
-        the peak number in flight at once and now, and gate timeouts (`hold_until_in_flight` not reached)."""
+        the peak number in flight at once and now, gate timeouts (`hold_until_in_flight` not reached),
+        position-biased answers, replies with reasoning, and stage-2 requests with stage-1 thinking
+        pasted in ("reasoning_echoed")."""
         with self._server.lock:
             return {**self._server.counts, "in_flight": self._server.in_flight}
 
@@ -546,9 +622,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--fail-first-k", type=int, default=0)
     parser.add_argument("--malformed-fraction", type=float, default=0.0)
+    parser.add_argument("--position-bias", type=float, default=0.0, help="share of answers that are 0 whatever the images")
+    parser.add_argument("--reasoning", choices=REASONING_MODES, default=None, help="think before answering, this way")
     args = parser.parse_args(argv)
     behavior = LoopbackBehavior(
-        latency_s=args.latency_s, fail_first_k=args.fail_first_k, malformed_fraction=args.malformed_fraction
+        latency_s=args.latency_s, fail_first_k=args.fail_first_k, malformed_fraction=args.malformed_fraction,
+        position_bias=args.position_bias, reasoning=args.reasoning,
     )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -2,7 +2,9 @@
 
 Accuracy is measured against the scripted teacher (ground-truth returns) on the
 same pairs, on the pairs where both are sure; the full 3x3 confusion counts
-(including unsure) show where the rest went.
+(including unsure) show where the rest went. A VLM run also says how often the model
+named the clip shown first (a position preference shows there, with or without ground
+truth) and, when it asked both image orders, how often the two orders agreed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ _STAT_KEYS = (
     "requests", "retries", "labelled", "unsure_answers", "malformed", "failed", "failure_reasons", "cache_hits",
     "prompt_tokens", "completion_tokens", "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s",
     "pairs_per_s", "requests_per_s", "structured_output_mode",
+    "both_orders", "queries", "first_answers", "sure_answers", "first_answer_share", "order_compared",
+    "order_agreements", "order_disagreements", "order_consistency", "reasoning_without_answer",
 )  # fmt: skip
 
 
@@ -30,7 +34,10 @@ def labeling_report(preferences, teacher_preferences, stats: dict) -> dict:
         dict with pairs, accuracy (None if no pair is sure for both), both_sure,
         unsure_rate, teacher_unsure_rate, confusion[labeler][teacher] counts with keys
         "first"/"second"/"unsure", and the run's throughput, latency, token, cache,
-        malformed and retry figures.
+        malformed and retry figures; for a VLM run also first_answer_share (share of its sure
+        answers, over all queries, that named the clip shown first) and, with both orders,
+        order_consistency (share of pairs with two sure answers whose answers agree) and
+        order_disagreements (pairs made unsure by disagreeing).
     """
     prefs = check_preferences(preferences)
     teacher = check_preferences(teacher_preferences)
@@ -81,4 +88,18 @@ def format_report(report: dict) -> str:
     ]
     for reason, count in (report.get("failure_reasons") or {}).items():
         lines.append(f"  failed {count}x: {reason}")
+    if report.get("sure_answers") is not None:
+        lines.append(
+            f"position: {num(report.get('first_answer_share'), '{:.1%}')} of {report['sure_answers']} sure answers "
+            f"named the clip shown first" + (" (0.5: no preference for a position)" if report.get("both_orders") else "")
+        )
+    if report.get("both_orders"):
+        lines.append(
+            f"both image orders asked: they agree on {num(report.get('order_consistency'), '{:.1%}')} of "
+            f"{report.get('order_compared')} pairs with two sure answers; {report.get('order_disagreements')} "
+            "pairs made unsure by disagreeing"
+        )
+    if report.get("reasoning_without_answer"):
+        lines.append(f"  {report['reasoning_without_answer']} replies were all reasoning, with no answer after it "
+                     "(raise --vlm.max-tokens if they stopped at the limit)")  # fmt: skip
     return "\n".join(lines)

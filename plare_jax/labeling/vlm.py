@@ -6,6 +6,17 @@ each clip and whether they differ in achieving the goal; stage 2 (text only, sta
 answer pasted in) asks which clip better achieves the goal, constrained to "0" / "1" /
 "-1" by the server's structured output when it has one, and parsed robustly when it does not.
 
+Reasoning models ("thinking" Qwen3-VL and the like) think aloud before they answer: in a
+`<think>...</think>` block of the content, or, behind vLLM's reasoning parser, in the message's
+`reasoning_content` / `reasoning` field. Only the answer after the reasoning is read, pasted
+into stage 2 and stored; a reply that is all reasoning (the model ran out of tokens while
+thinking) has no answer: the pair is malformed, never labelled from what the model thought.
+
+With `VLMConfig.both_orders` each pair is asked in both image orders, (A, B) and (B, A): a
+label is kept only when both orders name the same clip, so a model that prefers a position
+(always "Video 1", say) gives unsure labels instead of wrong ones (`combine_orders`). Each
+order is its own query with its own cache key, so a re-run hits the store for both.
+
 Requests run concurrently (bounded by `VLMConfig.concurrency`), are retried with
 exponential backoff and jitter on 429 / 5xx / timeouts / connection errors / unreadable
 answers, and every label is committed to the `LabelStore` as soon as it arrives, so a
@@ -40,7 +51,7 @@ import numpy as np
 import openai
 from tqdm.auto import tqdm
 
-from plare_jax.labeling.answers import CHOICES, parse_choice, storable_text
+from plare_jax.labeling.answers import CHOICES, parse_choice, split_reasoning, storable_text
 from plare_jax.labeling.base import (
     PAIR_FAILED,
     PAIR_MALFORMED,
@@ -57,10 +68,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight",
-    "parse_choice", "task_text", "stage1_content", "structured_output_mode_for_version",
+    "parse_choice", "task_text", "stage1_content", "structured_output_mode_for_version", "combine_orders",
+    "answer_stats", "REASONING_FIELDS",
 ]  # fmt: skip
 
 BASE_URL_ENV = "PLARE_VLM_BASE_URL"
+# Message fields where a server with a reasoning parser puts the model's thinking (vLLM: older
+# versions `reasoning_content`, newer `reasoning`); the answer stays in `content`.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+_STATUS_DTYPE = f"<U{max(map(len, PAIR_STATUSES))}"
 # Task texts of the four tasks of the PLARE paper (MetaWorld names without version suffix).
 TASK_TEXTS = {
     "drawer-open": "open the drawer",
@@ -111,9 +127,13 @@ class VLMConfig:
         num_keyframes: Frames tiled into each clip's image (said in the stage-1 prompt).
         retry_backoff_s: First backoff delay; doubles per retry, with jitter, capped at 30 s.
         seed: Seed of the backoff jitter.
+        both_orders: Ask each pair in both image orders, (A, B) and (B, A), and keep a label
+            only when both name the same clip (else unsure): twice the requests, and a model's
+            preference for a position becomes unsure labels instead of wrong ones.
 
     Everything that can change an answer (prompt texts, model, task, temperature, max_tokens,
-    structured output, keyframe count, images) is part of a label's cache key.
+    structured output, keyframe count, images) is part of a label's cache key. `both_orders` is
+    not: each image order is a query of its own, keyed by its images in that order.
     """
 
     base_url: str | None = None
@@ -129,6 +149,7 @@ class VLMConfig:
     num_keyframes: int = 3
     retry_backoff_s: float = 0.5
     seed: int = 0
+    both_orders: bool = False
 
     def __post_init__(self):
         if self.concurrency < 1:
@@ -156,7 +177,10 @@ class VLMConfig:
         return os.environ.get(self.api_key_env) or "EMPTY"
 
     def max_answer_chars(self) -> int:
-        """Longest answer text accepted: far above what `max_tokens` tokens can spell; longer is a broken answer."""
+        """Longest answer text accepted: far above what `max_tokens` tokens can spell; longer is a broken answer.
+
+        It bounds the answer after any reasoning (the part pasted into stage 2 and stored); the
+        reasoning itself is dropped unread, whatever its length."""
         return max(16_384, 64 * self.max_tokens)
 
 
@@ -275,25 +299,57 @@ def _field(obj, name: str):
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def _read_completion(response, max_chars: int) -> tuple[str, int, int]:
-    """(answer text, prompt tokens, completion tokens) of a chat completion, whatever its shape.
+@dataclasses.dataclass(frozen=True)
+class _Reply:
+    """What one chat completion said.
+
+    Attributes:
+        answer: The text after any reasoning, storable ("" when the reply was all reasoning).
+        reasoning: The reply carried reasoning (a think block, or a reasoning field with text).
+        finish_reason: The server's finish_reason when it is text ("length": max_tokens ran out).
+    """
+
+    answer: str
+    reasoning: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _read_completion(response, max_chars: int) -> _Reply:
+    """The answer (after any reasoning), finish reason and token counts of a chat completion, whatever its shape.
+
+    A reply with reasoning but no answer after it (content empty or None beside a reasoning
+    field, or an unterminated think block) is read, with answer "": the model did answer, with
+    nothing usable, which the caller counts as malformed. A reasoning field that is not text
+    counts as no reasoning.
 
     Raises:
-        _InvalidAnswer: no choices, no text content, or text longer than `max_chars`.
+        _InvalidAnswer: no choices, content that is not text, no text at all, or an answer
+            longer than `max_chars`.
     """
     choices = _field(response, "choices")
     if not isinstance(choices, list) or not choices:
         raise _InvalidAnswer(f"no choices in the answer ({type(choices).__name__})")
-    content = _field(_field(choices[0], "message"), "content")
-    if not isinstance(content, str) or not content.strip():
+    message = _field(choices[0], "message")
+    content = _field(message, "content")
+    if content is not None and not isinstance(content, str):
         raise _InvalidAnswer(f"no text in the answer (content {type(content).__name__})")
-    if len(content) > max_chars:
-        raise _InvalidAnswer(f"answer of {len(content)} characters (limit {max_chars})")
+    thought, answer = split_reasoning(content or "")
+    has_field = any(isinstance(value, str) and value.strip() for value in (_field(message, n) for n in REASONING_FIELDS))
+    reasoning = bool(thought) or has_field
+    if not answer.strip() and not reasoning:
+        raise _InvalidAnswer(f"no text in the answer (content {type(content).__name__})")
+    if len(answer) > max_chars:
+        raise _InvalidAnswer(f"answer of {len(answer)} characters (limit {max_chars})")
     usage = _field(response, "usage")
     counts = [_field(usage, name) for name in ("prompt_tokens", "completion_tokens")]
     counts = [n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0 for n in counts]
+    finish = _field(choices[0], "finish_reason")
     # Lone surrogates and the like become escapes: the text must survive SQLite and the stage-2 request.
-    return storable_text(content), counts[0], counts[1]
+    return _Reply(answer=storable_text(answer) if answer.strip() else "", reasoning=reasoning,
+                  finish_reason=storable_text(finish, max_chars=40) if isinstance(finish, str) else None,
+                  prompt_tokens=counts[0], completion_tokens=counts[1])  # fmt: skip
 
 
 def _status_error_message(err: openai.APIStatusError) -> str:
@@ -314,6 +370,80 @@ class _RunStats:
     latencies: list = dataclasses.field(default_factory=list)
     # Why pairs failed ("HTTP 400: <server message>", "TimeoutError ..."): the coverage error quotes them.
     failure_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Replies that were all reasoning, with no answer after it (usually: max_tokens ran out while thinking).
+    reasoning_without_answer: int = 0
+
+
+def _query_images(images, both_orders: bool) -> list[tuple[bytes, bytes]]:
+    """The image pairs to ask: every pair as given, then, with `both_orders`, every pair swapped."""
+    pairs = [(a, b) for a, b in images]
+    return pairs + [(b, a) for a, b in pairs] if both_orders else pairs
+
+
+def combine_orders(first, first_status, swapped, swapped_status) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One label per pair from its answers in both image orders.
+
+    Args:
+        first: `[P]` answers to the pairs as given, (A, B), in {0, 1, -1}.
+        first_status: `[P]` their statuses (`PAIR_STATUSES`).
+        swapped: `[P]` answers to the swapped pairs, (B, A), in that query's own terms
+            (0: the clip shown first, B, is better).
+        swapped_status: `[P]` their statuses.
+
+    Returns:
+        (preferences `[P]` int8 in terms of (A, B), statuses `[P]`, disagree `[P]` bool):
+        - both orders sure and naming the same clip: that label, "ok";
+        - both sure but naming different clips: -1, "unsure", and `disagree` is True: the
+          answer followed the position, not the clips;
+        - either order unsure (and both answered): -1, "unsure";
+        - either order failed: -1, "failed"; else either malformed: -1, "malformed". A pair is
+          answered only when both its orders are: a label from the one answer would quietly
+          bring back the position bias that asking both orders cancels, and the coverage gate
+          must count the missing answer (even where the other order said unsure, which the
+          missing one could not have changed). Failed ranks above malformed: no answer at all
+          is the server's trouble and has a failure reason to show. The order that did answer
+          is stored all the same, so a re-run asks only the missing one.
+    """
+    first, swapped = np.asarray(first), np.asarray(swapped)
+    first_status, swapped_status = np.asarray(first_status), np.asarray(swapped_status)
+    mapped = np.where(swapped == UNSURE, UNSURE, 1 - swapped)  # the swapped answer in (A, B) terms
+    both_sure = (first_status == PAIR_OK) & (swapped_status == PAIR_OK)
+    agree = both_sure & (first == mapped)
+    status = np.where(agree, PAIR_OK, PAIR_UNSURE).astype(_STATUS_DTYPE)
+    either = lambda name: (first_status == name) | (swapped_status == name)  # noqa: E731
+    status = np.where(either(PAIR_MALFORMED), PAIR_MALFORMED, status)
+    status = np.where(either(PAIR_FAILED), PAIR_FAILED, status)
+    return np.where(agree, first, UNSURE).astype(np.int8), status, both_sure & ~agree
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def answer_stats(answers, statuses) -> dict:
+    """How often the model named the clip shown first: the sign of a position preference.
+
+    Counted over queries (with both orders, each pair's two), from sure answers only (status
+    "ok"). With both orders every clip is shown first as often as second, so a model that
+    reads the clips says "first" about half the time whatever the data; far from 0.5 it
+    prefers a position. With one order the share also follows the data's own balance.
+
+    Returns:
+        {"first_answers", "sure_answers", "first_answer_share" (None without sure answers)}.
+    """
+    sure = np.asarray(statuses) == PAIR_OK
+    first = int((sure & (np.asarray(answers) == 0)).sum())
+    return {"first_answers": first, "sure_answers": int(sure.sum()), "first_answer_share": _share(first, int(sure.sum()))}
+
+
+def _no_answer_hint(reply: _Reply) -> str:
+    """Why a reply gave no answer, and what to do when the reasoning used up the tokens."""
+    if not reply.reasoning:
+        return "(an empty answer)"
+    if reply.finish_reason == "length":
+        return ("(the reply was all reasoning and stopped at max_tokens: raise VLMConfig.max_tokens / "
+                "--vlm.max-tokens so the model can finish thinking and answer)")  # fmt: skip
+    return "(the reply was all reasoning, with no answer after it)"
 
 
 class VLMLabeler:
@@ -349,12 +479,20 @@ class VLMLabeler:
         }
 
     def keys(self, batch: PairBatch) -> list[str]:
-        """Cache keys of the pairs of `batch`, in order."""
+        """Cache keys of the pairs of `batch` in their given image order, (A, B)."""
+        return self._keys(batch.task_text, batch.images)
+
+    def query_keys(self, batch: PairBatch) -> list[str]:
+        """Cache keys of every query of `batch`: the (A, B) keys of its pairs, then, with
+        `both_orders`, their (B, A) keys (pair i's swapped query is at i + len(batch))."""
+        return self._keys(batch.task_text, _query_images(batch.images, self.config.both_orders))
+
+    def _keys(self, task: str, images) -> list[str]:
         c = self.config
         settings = self.query_settings()
         return [
-            label_key(a, b, prompt_version=c.prompt_version, model=c.model, task_text=batch.task_text, settings=settings)
-            for a, b in batch.images
+            label_key(a, b, prompt_version=c.prompt_version, model=c.model, task_text=task, settings=settings)
+            for a, b in images
         ]
 
     def label(self, batch: PairBatch, *, progress: bool = True) -> LabelResult:
@@ -376,12 +514,15 @@ class VLMLabeler:
             logger.info("VLM server version %s: stage-2 choice constraint sent as %r", version, self.structured_mode)
 
     async def alabel(self, batch: PairBatch, *, progress: bool = True) -> LabelResult:
-        """Labels `batch`: stored pairs from the store, the rest from the server.
+        """Labels `batch`: stored queries from the store, the rest from the server.
 
         Returns:
             `LabelResult` with `[P]` int8 preferences and `[P]` statuses ("ok", "unsure",
-            "malformed", "failed"); malformed and failed pairs are -1 and not stored, so a
-            re-run asks again.
+            "malformed", "failed"); malformed and failed queries are -1 and not stored, so a
+            re-run asks again. With `both_orders` a pair's label and status combine its two
+            queries (`combine_orders`). Stats count pairs, except `queries`, `cache_hits` and
+            the answer counts (`first_answers`, `sure_answers`), which count queries (one
+            image order of a pair; with one order, queries are pairs).
 
         Raises:
             VLMEndpointError: wrong model or API key (at the first answer saying so).
@@ -391,20 +532,21 @@ class VLMLabeler:
             raise ValueError("VLMLabeler needs PairBatch.images ((png, png) per pair).")
         c = self.config
         start = time.perf_counter()
-        keys = self.keys(batch)
-        prefs = np.full(len(batch), UNSURE, np.int8)
-        status = np.full(len(batch), PAIR_FAILED, dtype=f"<U{max(map(len, PAIR_STATUSES))}")
+        images = _query_images(batch.images, c.both_orders)  # query q: pair q % P, swapped from q >= P
+        keys = self._keys(batch.task_text, images)
+        answers = np.full(len(images), UNSURE, np.int8)
+        answer_status = np.full(len(images), PAIR_FAILED, dtype=_STATUS_DTYPE)
         cached = self.store.get_many(keys) if self.store is not None else {}
-        todo: dict[str, list[int]] = {}  # identical pairs in one batch are asked once
-        for i, key in enumerate(keys):
+        todo: dict[str, list[int]] = {}  # identical queries in one batch are asked once
+        for q, key in enumerate(keys):
             record = cached.get(key)
             if record is not None and not record.get("malformed"):  # older stores kept malformed answers: ask again
-                prefs[i] = record["preference"]
-                status[i] = PAIR_UNSURE if record["preference"] == UNSURE else PAIR_OK
+                answers[q] = record["preference"]
+                answer_status[q] = PAIR_UNSURE if record["preference"] == UNSURE else PAIR_OK
             else:
-                todo.setdefault(key, []).append(i)
-        # Pairs answered without a request: stored ones, and repeats of a pair within the batch.
-        cache_hits = len(batch) - len(todo)
+                todo.setdefault(key, []).append(q)
+        # Queries answered without a request: stored ones, and repeats of a query within the batch.
+        cache_hits = len(images) - len(todo)
 
         run = _RunStats()
         if todo:
@@ -413,8 +555,8 @@ class VLMLabeler:
             queue: asyncio.Queue = asyncio.Queue()
             for key, rows in todo.items():
                 queue.put_nowait((key, rows))
-            bar = tqdm(total=len(batch), initial=len(batch) - sum(map(len, todo.values())), desc="VLM labels",
-                       unit="pair", disable=not progress)  # fmt: skip
+            bar = tqdm(total=len(images), initial=len(images) - sum(map(len, todo.values())), desc="VLM labels",
+                       unit="query" if c.both_orders else "pair", disable=not progress)  # fmt: skip
 
             async def worker():
                 while True:
@@ -423,13 +565,15 @@ class VLMLabeler:
                     except asyncio.QueueEmpty:
                         return
                     try:
-                        prefs[rows], status[rows] = await self._label_pair(client, key, batch.images[rows[0]], batch.task_text, run)
+                        answers[rows], answer_status[rows] = await self._label_query(
+                            client, key, images[rows[0]], batch.task_text, run
+                        )
                     except VLMEndpointError:
                         raise
-                    except Exception as err:  # unforeseen: this pair fails (and is counted), the run goes on
-                        logger.warning("pair %s left unlabelled by an unexpected error", key[:12], exc_info=True)
+                    except Exception as err:  # unforeseen: this query fails (and is counted), the run goes on
+                        logger.warning("query %s left unanswered by an unexpected error", key[:12], exc_info=True)
                         run.failure_reasons[storable_text(f"unexpected {type(err).__name__}: {err}", max_chars=200)] += 1
-                        prefs[rows], status[rows] = UNSURE, PAIR_FAILED
+                        answers[rows], answer_status[rows] = UNSURE, PAIR_FAILED
                     bar.update(len(rows))
 
             try:
@@ -447,7 +591,25 @@ class VLMLabeler:
             finally:
                 bar.close()
         wall_s = time.perf_counter() - start
-        queried = len(todo)
+        n_pairs = len(batch)
+        order_stats: dict = {}
+        if c.both_orders:
+            prefs, status, disagree = combine_orders(answers[:n_pairs], answer_status[:n_pairs],
+                                                     answers[n_pairs:], answer_status[n_pairs:])  # fmt: skip
+            both_sure = (answer_status[:n_pairs] == PAIR_OK) & (answer_status[n_pairs:] == PAIR_OK)
+            order_stats = {
+                "order_compared": int(both_sure.sum()),
+                "order_agreements": int((both_sure & ~disagree).sum()),
+                "order_disagreements": int(disagree.sum()),
+            }
+            order_stats["order_consistency"] = _share(order_stats["order_agreements"], order_stats["order_compared"])
+        else:
+            prefs, status = answers, answer_status
+        # Pairs with at least one query sent to the server (the throughput's unit).
+        sent = set(todo)
+        orders = 2 if c.both_orders else 1
+        pair_keys = zip(*(keys[o * n_pairs:(o + 1) * n_pairs] for o in range(orders)))
+        queried = len({pair for pair in pair_keys if not sent.isdisjoint(pair)})
         lat = np.asarray(run.latencies) if run.latencies else np.full(1, np.nan)
         counts = {name: int((status == name).sum()) for name in PAIR_STATUSES}
         stats = {
@@ -455,7 +617,9 @@ class VLMLabeler:
             "model": c.model,
             "prompt_version": c.prompt_version,
             "structured_output_mode": self.structured_mode,
-            "pairs": len(batch),
+            "both_orders": c.both_orders,
+            "pairs": n_pairs,
+            "queries": len(images),
             "queried_pairs": queried,
             "cache_hits": cache_hits,
             "requests": run.requests,
@@ -466,6 +630,9 @@ class VLMLabeler:
             "failed": counts[PAIR_FAILED],
             "failure_reasons": dict(run.failure_reasons.most_common(5)),
             "unsure": int((prefs == UNSURE).sum()),
+            **answer_stats(answers, answer_status),
+            **order_stats,
+            "reasoning_without_answer": run.reasoning_without_answer,
             "prompt_tokens": run.prompt_tokens,
             "completion_tokens": run.completion_tokens,
             "latency_p50_s": float(np.percentile(lat, 50)),
@@ -478,32 +645,46 @@ class VLMLabeler:
         }
         return LabelResult(preferences=prefs, stats=stats, status=status)
 
-    async def _label_pair(self, client, key: str, images: tuple[bytes, bytes], task: str, run: _RunStats) -> tuple[int, str]:
-        """Both stages for one pair; stores a label and returns (label, status). Failed or
-        malformed pairs return -1 and are not stored."""
+    async def _label_query(self, client, key: str, images: tuple[bytes, bytes], task: str, run: _RunStats) -> tuple[int, str]:
+        """Both stages for one query (a pair in one image order); stores its answer and returns
+        (answer, status). Failed or malformed queries return -1 and are not stored.
+
+        A stage whose reply is all reasoning (no answer after it) is asked again, up to
+        `max_retries` times, like an unreadable stage-2 answer; then the query is malformed.
+        """
         c = self.config
         pair_start = time.perf_counter()
         tokens = [0, 0]
         content = stage1_content(self.stage1_template, task=task, num_frames=c.num_keyframes, images=images)
         try:
-            stage1_text = await self._complete(client, [{"role": "user", "content": content}], run, tokens)
-            stage2_messages = [
-                {"role": "user", "content": _fill(self.stage2_template, task=task, stage1_answer=stage1_text)}
-            ]
-            choice, stage2_text = None, ""
             for attempt in range(c.max_retries + 1):
                 if attempt:
                     run.retries += 1
-                stage2_text = await self._complete(client, stage2_messages, run, tokens, stage2=True)
-                choice = parse_choice(stage2_text)
+                stage1 = await self._complete(client, [{"role": "user", "content": content}], run, tokens)
+                if stage1.answer:
+                    break
+            if not stage1.answer:
+                logger.warning("query %s left unlabelled: stage 1 had no description %s", key[:12], _no_answer_hint(stage1))
+                return UNSURE, PAIR_MALFORMED
+            stage1_text = stage1.answer  # the description without the model's reasoning
+            stage2_messages = [
+                {"role": "user", "content": _fill(self.stage2_template, task=task, stage1_answer=stage1_text)}
+            ]
+            choice, stage2 = None, _Reply("")
+            for attempt in range(c.max_retries + 1):
+                if attempt:
+                    run.retries += 1
+                stage2 = await self._complete(client, stage2_messages, run, tokens, stage2=True)
+                choice = parse_choice(stage2.answer)
                 if choice is not None:
                     break
         except _RequestFailed as err:
-            logger.warning("pair %s left unlabelled: %s", key[:12], err)
+            logger.warning("query %s left unlabelled: %s", key[:12], err)
             run.failure_reasons[str(err)[:200]] += 1
             return UNSURE, PAIR_FAILED
         if choice is None:
-            logger.warning("pair %s left unlabelled: malformed answer %r", key[:12], stage2_text[:200])
+            detail = _no_answer_hint(stage2) if not stage2.answer else f"malformed answer {stage2.answer[:200]!r}"
+            logger.warning("query %s left unlabelled: %s", key[:12], detail)
             return UNSURE, PAIR_MALFORMED
         if self.store is not None:
             self.store.put(
@@ -514,7 +695,7 @@ class VLMLabeler:
                     "prompt_version": c.prompt_version,
                     "task_text": task,
                     "stage1_text": stage1_text,
-                    "stage2_text": stage2_text,
+                    "stage2_text": stage2.answer,
                     "malformed": False,
                     "latency_s": time.perf_counter() - pair_start,
                     "prompt_tokens": tokens[0],
@@ -536,8 +717,9 @@ class VLMLabeler:
         return True
 
     async def _complete(self, client, messages: list, run: _RunStats, tokens: list, *, stage2: bool = False,
-                        strict: bool = False) -> str:  # fmt: skip
-        """One chat completion with retries on transient errors and unreadable answers; returns the answer text.
+                        strict: bool = False) -> _Reply:  # fmt: skip
+        """One chat completion with retries on transient errors and unreadable answers; returns the
+        reply (its answer is "" when the reply was all reasoning: an answer, not retried here).
 
         Args:
             stage2: Send the choice constraint.
@@ -568,7 +750,7 @@ class VLMLabeler:
                     ),
                     timeout=c.timeout_s,
                 )
-                text, prompt_tokens, completion_tokens = _read_completion(response, c.max_answer_chars())
+                reply = _read_completion(response, c.max_answer_chars())
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
                 # Configuration errors: every other request would fail the same way.
                 raise VLMEndpointError(
@@ -598,11 +780,13 @@ class VLMLabeler:
                 last_error = err
                 continue
             run.latencies.append(time.perf_counter() - start)
-            run.prompt_tokens += prompt_tokens
-            run.completion_tokens += completion_tokens
-            tokens[0] += prompt_tokens
-            tokens[1] += completion_tokens
-            return text
+            run.prompt_tokens += reply.prompt_tokens
+            run.completion_tokens += reply.completion_tokens
+            tokens[0] += reply.prompt_tokens
+            tokens[1] += reply.completion_tokens
+            if not reply.answer:
+                run.reasoning_without_answer += 1
+            return reply
         detail = storable_text(f"{type(last_error).__name__}: {last_error}", max_chars=300)
         raise _RequestFailed(f"{detail} (after {attempt} tries)")
 
