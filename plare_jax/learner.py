@@ -78,7 +78,15 @@ class LearnerConfig:
     bias: float = 0.5
     """CPL conservative bias lambda (< 1 keeps the policy near the data)."""
     bc_weight: float = 0.0
-    """Weight of an extra BC term during the CPL phase (reference: 0)."""
+    """Weight of an extra BC term during the CPL phase (reference: 0; the CPL paper's CPL+BC: 1)."""
+    label_smoothing: float = 0.0
+    """CPL phase: conservative (cDPO) label smoothing eps for labels that may be flipped."""
+    flip_rate: float = 0.0
+    """CPL phase: assumed flip rate of the unbiased robust-DPO loss (0 = off)."""
+    small_loss_drop: float = 0.0
+    """CPL phase: share of each batch's highest-loss pairs given weight 0 (small-loss selection)."""
+    small_loss_start: int = 0
+    """CPL phase: updates into the phase before small-loss selection starts (a warm-up)."""
     max_grad_norm: float | None = None
     """Clip gradients to this global norm (None = no clipping)."""
     dropout_prng: str = "threefry2x32"
@@ -105,6 +113,13 @@ class LearnerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("warmup_steps must be >= 0 and learning_rate > 0")
+        losses.noisy_label_targets(jnp.zeros(1), label_smoothing=self.label_smoothing,
+                                   flip_rate=self.flip_rate)  # raises on a bad eps
+        if not 0.0 <= self.small_loss_drop < 1.0 or self.small_loss_start < 0:
+            raise ValueError(f"small_loss_drop must be in [0, 1) and small_loss_start >= 0, got "
+                             f"{self.small_loss_drop} and {self.small_loss_start}")
+        if self.bc_weight < 0:
+            raise ValueError(f"bc_weight must be >= 0, got {self.bc_weight}")
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
 
 
@@ -281,6 +296,7 @@ def make_dropout_key(key: jax.Array, config: LearnerConfig) -> jax.Array | None:
 
 def _cpl_objective(params, state: LearnerState, batch: PreferenceData, dropout_key):
     config = state.config
+    phase_step = state.phase_step
     model = nnx.merge(state.graphdef, params)
     num_pairs, _, seg_len, obs_dim = batch.observations.shape
     logp = model.log_prob(
@@ -289,9 +305,14 @@ def _cpl_objective(params, state: LearnerState, batch: PreferenceData, dropout_k
         dropout_key=dropout_key,
     ).reshape(num_pairs, 2, seg_len)
     per_pair = losses.cpl_loss(
-        logp[:, 0], logp[:, 1], batch.labels, alpha=config.alpha, bias=config.bias, mask=batch.mask
+        logp[:, 0], logp[:, 1], batch.labels, alpha=config.alpha, bias=config.bias, mask=batch.mask,
+        label_smoothing=config.label_smoothing, flip_rate=config.flip_rate,
     )
-    cpl = losses.weighted_mean(per_pair, batch.weights)
+    weights = batch.weights
+    if config.small_loss_drop:
+        drop = jnp.where(phase_step >= config.small_loss_start, config.small_loss_drop, 0.0)
+        weights = losses.small_loss_weights(per_pair, weights, drop_fraction=drop)
+    cpl = losses.weighted_mean(per_pair, weights)
     mean_logp = losses.weighted_mean(logp, batch.mask)
     loss = cpl if config.bc_weight == 0.0 else cpl - config.bc_weight * mean_logp
     metrics = {

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 __all__ = [
     "segment_scores",
     "cpl_loss",
+    "noisy_label_targets",
+    "small_loss_weights",
     "cpl_rank_loss",
     "bc_loss",
     "weighted_mean",
@@ -100,6 +102,8 @@ def cpl_loss(
     alpha: float = 0.1,
     bias: float = 0.5,
     mask: MaskLike = None,
+    label_smoothing: float = 0.0,
+    flip_rate: float = 0.0,
 ) -> jax.Array:
     """Biased Contrastive Preference Learning loss, per pair (unreduced).
 
@@ -124,6 +128,13 @@ def cpl_loss(
       mask: optional valid-step mask for ragged segments: one `[B, T]` array used
         for both segments, a `(mask_1, mask_2)` pair of `[B, T]` arrays, or one
         `[B, 2, T]` array (segment axis second, like the learner's data).
+      label_smoothing: eps of the conservative (cDPO) form for labels that may be
+        flipped: (1 - eps) * loss(y) + eps * loss(1 - y). It bounds the repulsion of
+        the non-preferred segment; see `noisy_label_targets`.
+      flip_rate: eps of the unbiased robust-DPO form (Chowdhury et al., ICML 2024):
+        [(1 - eps) * loss(y) - eps * loss(1 - y)] / (1 - 2 eps), unbiased for the
+        clean loss when eps is the true flip rate. Each pair's loss is unbounded
+        below, so keep bias < 1 (or a BC term). At most one of the two may be set.
 
     Returns:
       `[B]` loss per pair.
@@ -149,10 +160,96 @@ def cpl_loss(
     mask_1, mask_2 = _split_mask(mask, logp_1.shape)
     score_1 = segment_scores(logp_1, alpha=alpha, mask=mask_1)
     score_2 = segment_scores(logp_2, alpha=alpha, mask=mask_2)
-    label = label.astype(score_1.dtype)
+    label = noisy_label_targets(label.astype(score_1.dtype), label_smoothing=label_smoothing,
+                                flip_rate=flip_rate)
     second_wins = jax.nn.softplus(-(score_2 - bias * score_1))
     first_wins = jax.nn.softplus(-(score_1 - bias * score_2))
     return label * second_wins + (1.0 - label) * first_wins
+
+
+def noisy_label_targets(
+    label: jax.typing.ArrayLike,
+    *,
+    label_smoothing: float = 0.0,
+    flip_rate: float = 0.0,
+) -> jax.Array:
+    """The target that turns a preference loss linear in its label into a noise-robust form.
+
+    CPL's loss (and Bradley-Terry's) is `y * l_2 + (1 - y) * l_1`, linear in the label y,
+    so mixing the loss of a label with the loss of its flip is the same loss at another
+    target y':
+
+      label smoothing (cDPO): (1 - eps) loss(y) + eps loss(1 - y)  ->  y' = (1 - eps) y + eps (1 - y)
+      robust DPO (rDPO):  [(1 - eps) loss(y) - eps loss(1 - y)] / (1 - 2 eps)  ->  y' = (y - eps) / (1 - 2 eps)
+
+    rDPO's target leaves [0, 1] (for y = 1 it is (1 - eps) / (1 - 2 eps) > 1): that is what
+    makes it unbiased, and why its per-pair loss is unbounded below.
+
+    Args:
+      label: `[B]` probability that segment 2 is preferred.
+      label_smoothing: cDPO's eps in [0, 0.5).
+      flip_rate: rDPO's assumed flip rate in [0, 0.5).
+
+    Returns:
+      `[B]` targets y'.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(noisy_label_targets(jnp.array([0.0, 1.0]), label_smoothing=0.1))
+      [0.1 0.9]
+      >>> print(noisy_label_targets(jnp.array([0.0, 1.0]), flip_rate=0.25))
+      [-0.5  1.5]
+    """
+    for name, value in (("label_smoothing", label_smoothing), ("flip_rate", flip_rate)):
+        if not 0.0 <= value < 0.5:
+            raise ValueError(f"{name} must be in [0, 0.5), got {value}")
+    if label_smoothing and flip_rate:
+        raise ValueError("set at most one of label_smoothing and flip_rate (two corrections for one noise)")
+    label = jnp.asarray(label)
+    if label_smoothing:
+        return (1.0 - label_smoothing) * label + label_smoothing * (1.0 - label)
+    if flip_rate:
+        return (label - flip_rate) / (1.0 - 2.0 * flip_rate)
+    return label
+
+
+def small_loss_weights(
+    per_pair_loss: jax.typing.ArrayLike,
+    weights: jax.typing.ArrayLike,
+    *,
+    drop_fraction: jax.typing.ArrayLike,
+) -> jax.Array:
+    """Weights with the highest-loss share of a batch's pairs set to 0 (small-loss selection).
+
+    Pairs that a model cannot fit are the likeliest to carry a flipped label (the small-loss
+    trick of co-teaching, and of RIME for reward models). Of the pairs with a non-zero weight,
+    the `floor(drop_fraction * count)` with the largest loss get weight 0; the rest keep theirs.
+    The ranking reads the loss under `stop_gradient`: selection is not differentiated.
+
+    Args:
+      per_pair_loss: `[B]` loss of each pair (e.g. `cpl_loss`).
+      weights: `[B]` non-negative weights (0 = already dropped, never counted).
+      drop_fraction: share in [0, 1) to drop; may be a traced scalar (e.g. 0 before a warm-up).
+
+    Returns:
+      `[B]` weights.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> print(small_loss_weights(jnp.array([0.1, 5.0, 0.3, 9.0]), jnp.array([1.0, 1.0, 1.0, 0.0]),
+      ...                          drop_fraction=0.5))
+      [1. 0. 1. 0.]
+    """
+    loss = jax.lax.stop_gradient(jnp.asarray(per_pair_loss))
+    weights = jnp.asarray(weights, loss.dtype)
+    if loss.ndim != 1 or weights.shape != loss.shape:
+        raise ValueError(f"per_pair_loss and weights must both be [B], got {loss.shape} and {weights.shape}")
+    counted = weights > 0
+    # Rank 0 = the largest loss among counted pairs; uncounted pairs rank last.
+    order = jnp.argsort(jnp.where(counted, -loss, jnp.inf))
+    rank = jnp.zeros(loss.shape, jnp.int32).at[order].set(jnp.arange(loss.shape[0], dtype=jnp.int32))
+    num_drop = jnp.floor(jnp.asarray(drop_fraction, loss.dtype) * jnp.sum(counted)).astype(jnp.int32)
+    return jnp.where(rank < num_drop, 0.0, weights)
 
 
 def cpl_rank_loss(

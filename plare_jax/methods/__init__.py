@@ -6,7 +6,7 @@ Adding a method: write its module with a `METHOD` object and add it to `_ALL` be
 from plare_jax.methods import bc, pbc, plare, rlvlmf, sft
 from plare_jax.methods.base import Method, PolicyFn, TrainingData
 
-_ALL = (plare.METHOD, bc.METHOD, rlvlmf.METHOD, sft.METHOD, pbc.METHOD)
+_ALL = (plare.METHOD, plare.ROBUST_METHOD, bc.METHOD, rlvlmf.METHOD, sft.METHOD, pbc.METHOD)
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
 
 # The shared behaviour-cloning phase that methods with `starts_from_bc_phase` continue from.
