@@ -36,7 +36,7 @@ from plare_jax import plotting, runs  # noqa: E402
 from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.results import protocol_difference  # noqa: E402
-from plare_jax.pipeline.run import load_resumed_config, run  # noqa: E402
+from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
     ExperimentConfig(), env=("sweep-into",), method=("plare", "rlvlmf", "sft", "bc"), seeds=(0, 1, 2),
@@ -57,29 +57,12 @@ class LabelNoiseConfig:
     one figure, one panel per task; needs --figure. The experiment options are then unused."""
     figure: pathlib.Path | None = None
     """Where --combine writes its PNG."""
-    experiment: Annotated[ExperimentConfig, tyro.conf.OmitArgPrefixes] = DEFAULT_EXPERIMENT
+    experiment: Annotated[ExperimentConfig, tyro.conf.arg(name="")] = DEFAULT_EXPERIMENT
     """Every option of experiments/metaworld.py (labels always come from the scripted teacher)."""
 
 
 def rate_run_name(rate: float) -> str:
     return f"rate{rate:.2f}"
-
-
-# Options that say where a run lives or how it is executed, not what it computes.
-_LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers")
-
-
-def check_same_experiment(run_dir, experiment: ExperimentConfig) -> None:
-    """An existing rate's run is reused (or resumed with its stored options) only if it is the
-    experiment asked for: a sweep continued with other tasks, seeds or methods would otherwise
-    silently mix two protocols in one figure."""
-    stored = dataclasses.asdict(load_resumed_config(run_dir))
-    asked = dataclasses.asdict(experiment)
-    differing = sorted(name for name in asked if name not in _LOCATION_FIELDS and stored.get(name) != asked[name])
-    if differing:
-        details = "; ".join(f"{name}: stored {stored.get(name)!r}, asked {asked[name]!r}" for name in differing)
-        raise ConfigError(f"{run_dir} was run with other options ({details}); continue it with the "
-                          "same options, or start another sweep with --name")
 
 
 def run_sweep(config: LabelNoiseConfig) -> dict:
@@ -96,16 +79,9 @@ def run_sweep(config: LabelNoiseConfig) -> dict:
     summary = {"mistake_rates": list(config.mistake_rates), "runs": {}}
     for rate in config.mistake_rates:
         run_dir = sweep_dir / rate_run_name(rate)
-        experiment = dataclasses.replace(base, teacher_mistake_rate=rate, out_dir=sweep_dir,
+        experiment = dataclasses.replace(base, teacher_noise="mistake", teacher_noise_level=rate, out_dir=sweep_dir,
                                          run_name=rate_run_name(rate))
-        if run_dir.exists():
-            check_same_experiment(run_dir, experiment)
-        if (run_dir / "results.json").exists() and (run_dir / "summary.md").exists():
-            results = runs.read_json(run_dir / "results.json")  # finished before
-        elif run_dir.exists():
-            results = run(dataclasses.replace(experiment, resume=run_dir))
-        else:
-            results = run(experiment)
+        results = run_or_reuse(experiment)
         summary["runs"][f"{rate:.2f}"] = {"run_dir": run_dir.name, "results": results}
     points = summary["points"] = points_from_runs(summary["runs"])
     runs.write_json_atomic(sweep_dir / "label_noise.json", summary)

@@ -13,12 +13,16 @@ from typing import Annotated, Literal
 
 import tyro
 
+from plare_jax.learner import LearnerConfig
 from plare_jax.methods import METHODS
 from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
+from plare_jax.methods.plare import ROBUST, CPLOptions
+from plare_jax.labeling.noise import NOISE_MODELS, TeacherNoise
 
 # `--method` choices, from the registry (adding a method there adds it here).
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+TeacherNoiseName = Literal[tuple(NOISE_MODELS)]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,10 @@ class VLMOptions:
     """Retries per request on 429/5xx/timeouts and malformed answers, with backoff."""
     max_tokens: int = 1024
     """Completion token limit per request (the stage-1 description is the long one)."""
+    both_orders: bool = False
+    """Ask each pair in both image orders, (A, B) and (B, A), and keep a label only when both name
+    the same clip (else unsure): twice the requests; a VLM's preference for one position becomes
+    unsure labels instead of wrong ones. Each order is cached on its own."""
     task_text: str | None = None
     """Override the goal text put in the prompt (built in for the four paper tasks)."""
     launch: bool = False
@@ -119,8 +127,19 @@ class ExperimentConfig:
     whole episode (None: per-task default; see docs/data_modes.md)."""
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
-    teacher_mistake_rate: float = 0.0
-    """Scripted teacher: probability of flipping a label (simulates an imperfect labeller)."""
+    teacher_noise: TeacherNoiseName = "mistake"
+    """Scripted teacher's noise model, a labeller that errs like a VLM (docs/methods.md): mistake
+    (uniform flips), boltzmann (B-Pref's stochastic teacher), equal (unsure below a score gap),
+    skip (uninformative queries dropped), myopic (recent steps weigh more), hard-pairs (mistakes
+    on similar-looking segments), position-bias (a share of answers says "first" whatever the clips)."""
+    teacher_noise_level: Annotated[float | None, tyro.conf.arg(aliases=("--teacher-mistake-rate",))] = None
+    """The noise model's one knob (None: its noise-free value): mistake: flip probability;
+    boltzmann: beta (larger = cleaner); equal/hard-pairs: a gap in units of the typical score gap;
+    skip: quantile of segment scores dropped; myopic: gamma in (0, 1]; position-bias: share of
+    forced "first" answers. `--teacher-mistake-rate R` is `--teacher-noise-level R` (mistake model)."""
+    teacher_agreement: float | None = None
+    """Set the knob so that the labels agree with the noise-free teacher on this share of the pairs
+    (calibrated on each task's pairs; overrides --teacher-noise-level), e.g. 0.8."""
 
     # Policy and updates.
     hidden_dims: tuple[int, ...] = (256, 256)
@@ -153,6 +172,10 @@ class ExperimentConfig:
     """Episodes per evaluation (success = ever successful)."""
     eval_horizon: int = 250
     """Steps per evaluation episode (the reference used 250)."""
+    final_eval_episodes: int = 100
+    """Episodes of each method's final evaluation, the one its result reports (the periodic ones
+    use --eval-episodes, whose layouts are its first ones): 25 alone give a success rate a
+    sampling error of about +-0.1."""
     video: bool = True
     """Write a short video of the final policy of each method (first seed)."""
     workers: int | None = None
@@ -173,6 +196,10 @@ class ExperimentConfig:
     and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
     pbc: PBCOptions = PBCOptions()
     """Percentile BC (oracle reference)."""
+    plare: CPLOptions = CPLOptions()
+    """PLARE's CPL-phase options (all off: the paper's CPL)."""
+    plare_robust: CPLOptions = ROBUST
+    """plare-robust: CPL with the noise-robust options chosen on development data (docs/methods.md)."""
 
     @property
     def total_steps(self) -> int:
@@ -195,7 +222,7 @@ class ExperimentConfig:
         Options with a `schedule_steps` field (a learning-rate schedule's length) get the run's
         update budget, so the schedule follows --bc-steps/--cpl-steps.
         """
-        options = getattr(self, name, None)
+        options = getattr(self, name.replace("-", "_"), None)
         if dataclasses.is_dataclass(options) and any(
                 f.name == "schedule_steps" for f in dataclasses.fields(options)):
             options = dataclasses.replace(options, schedule_steps=max(1, self.total_steps))
@@ -220,8 +247,6 @@ def validate_updates(config) -> None:
                           f"--metrics-every ({config.metrics_every})")
     if config.num_keyframes > config.segment_length:
         raise ConfigError("--num-keyframes cannot exceed --segment-length")
-    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
-        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
     if not 0.0 < config.bias <= 1.0:
         raise ConfigError("--bias must be in (0, 1]")
     if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
@@ -234,6 +259,28 @@ def validate(config: ExperimentConfig) -> None:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     validate_updates(config)
+    if config.final_eval_episodes <= 0:
+        raise ConfigError(f"--final-eval-episodes must be positive, got {config.final_eval_episodes}")
+    if config.final_eval_episodes < config.eval_episodes:
+        raise ConfigError(f"--final-eval-episodes ({config.final_eval_episodes}) must be at least "
+                          f"--eval-episodes ({config.eval_episodes}): the final evaluation extends the periodic one")
+    try:
+        if config.teacher_noise_level is not None:
+            TeacherNoise(config.teacher_noise, config.teacher_noise_level)
+    except ValueError as e:
+        raise ConfigError(f"--teacher-noise {config.teacher_noise} --teacher-noise-level "
+                          f"{config.teacher_noise_level}: {e}") from None
+    if config.teacher_agreement is not None:
+        if not 0.5 <= config.teacher_agreement <= 1.0:
+            raise ConfigError(f"--teacher-agreement must be in [0.5, 1], got {config.teacher_agreement}")
+        if config.teacher_noise_level is not None:
+            raise ConfigError("pass --teacher-agreement or --teacher-noise-level, not both: the agreement "
+                              "sets the level")
+    for name in ("plare", "plare_robust"):
+        try:
+            getattr(config, name).learner_config(LearnerConfig())
+        except ValueError as e:
+            raise ConfigError(f"--{name.replace('_', '-')} options: {e}") from None
     if config.segment_length > config.collection_horizon:
         raise ConfigError(f"--segment-length ({config.segment_length}) is longer than an episode "
                           f"(--collection-horizon {config.collection_horizon})")
@@ -276,9 +323,11 @@ def config_from_dict(values: dict) -> ExperimentConfig:
     defaults = ExperimentConfig()
     kwargs = {}
     for name, value in values.items():
-        if name not in fields and name != "data_seed":
+        if name not in fields and name not in ("data_seed", "teacher_mistake_rate"):
             continue
-        default = getattr(defaults, name)
+        if name == "teacher_mistake_rate":  # run dirs written before --teacher-noise existed
+            name = "teacher_noise_level"
+        default = getattr(defaults, name, None)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = _nested_from_dict(type(default), value)
         elif name == "data_seed":  # run dirs written before --data-seeds existed

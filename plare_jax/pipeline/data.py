@@ -11,13 +11,13 @@ import numpy as np
 
 from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
-from plare_jax.labeling.base import PairBatch, preferences_to_targets
+from plare_jax.labeling.base import FIRST, UNSURE, PairBatch, preferences_to_targets
 from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.methods.base import TrainingData
 from plare_jax.pipeline.config import ExperimentConfig
-from plare_jax.pipeline.labels import LabelerChoice, label_pairs, teacher_scores
+from plare_jax.pipeline.labels import LabelerChoice, label_pairs, teacher_is_noise_free, teacher_scores
 from plare_jax.runs import write_json_atomic
 
 
@@ -96,7 +96,17 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
     oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
                                      progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
-    if choice.kind == "scripted" and not config.teacher_mistake_rate:
+    # Every run reports how its labels lean, whoever made them: a position-biased labeller shows
+    # up as a first-answer share far from the teacher's.
+    sure = preferences != UNSURE
+    report["first_share"] = float((preferences[sure] == FIRST).mean()) if sure.any() else None
+    report["teacher_first_share"] = float((oracle.preferences[oracle.preferences != UNSURE] == FIRST).mean()) \
+        if (oracle.preferences != UNSURE).any() else None
+    if choice.kind == "scripted":
+        report.update({key: stats.get(key) for key in ("noise_model", "flipped", "made_unsure")})
+        level = stats.get("noise_level")
+        report["noise_level"] = level if level is None or np.isfinite(level) else None  # inf: noise-free boltzmann
+    if choice.kind == "scripted" and teacher_is_noise_free(config):
         # The labels are the teacher's own: agreement with it is 1 by construction, not a finding.
         report["accuracy_note"] = "labels are the scripted teacher's own; accuracy is 1 by construction"
         print(f"[{task} data seed {data_seed}] labels: scripted teacher ({config.teacher}), "

@@ -15,6 +15,7 @@ from plare_jax.data.keyframes import encode_png
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import PairBatch
+from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, noise_free_level
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight, task_text
@@ -67,13 +68,48 @@ def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
         base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
         concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,
         max_retries=config.vlm.max_retries, num_keyframes=config.num_keyframes,
-        max_tokens=config.vlm.max_tokens,
+        max_tokens=config.vlm.max_tokens, both_orders=config.vlm.both_orders,
     )
 
 
 def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
     """[P, 2] ground-truth score per segment that the scripted teacher compares."""
     return pairs.progress if config.teacher == "progress" else pairs.returns
+
+
+def teacher_step_scores(dataset, pairs: SegmentPairs) -> np.ndarray | None:
+    """[P, 2, T] per-step dense rewards of each segment (what the myopic teacher discounts), or
+    None when the dataset has no rewards."""
+    if getattr(dataset, "rewards", None) is None:
+        return None
+    rows = pairs.starts[..., None] + np.arange(pairs.length)
+    return np.asarray(dataset.rewards, np.float64)[rows]
+
+
+def teacher_is_noise_free(config: ExperimentConfig) -> bool:
+    """Whether the scripted teacher's labels are its own noise-free ones under these options."""
+    if config.teacher_agreement is not None:
+        return config.teacher_agreement == 1.0
+    return config.teacher_noise_level is None or config.teacher_noise_level == noise_free_level(config.teacher_noise)
+
+
+def scripted_teacher(config: ExperimentConfig, scores: np.ndarray, step_scores: np.ndarray | None, *,
+                     data_seed: int) -> ScriptedTeacher:
+    """The scripted teacher of --teacher-noise with its knob: --teacher-noise-level as given, or the
+    level calibrated on these pairs to reach --teacher-agreement with the noise-free teacher."""
+    model = config.teacher_noise
+    if config.teacher_agreement is not None and config.teacher_agreement < 1.0:
+        try:
+            level = calibrate_noise(model, scores, config.teacher_agreement, seed=data_seed,
+                                    step_scores=step_scores, equal_threshold=config.teacher_equal_threshold)
+        except ValueError as e:
+            raise ConfigError(f"--teacher-noise {model} --teacher-agreement {config.teacher_agreement}: {e}") from None
+    elif config.teacher_noise_level is not None:
+        level = config.teacher_noise_level
+    else:
+        level = noise_free_level(model)
+    return ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
+                           noise=TeacherNoise(model, level), seed=data_seed)
 
 
 def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, dataset, pairs: SegmentPairs,
@@ -84,10 +120,11 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
     `should_stop` is checked between VLM chunks (rendering, then labeling 512 pairs).
     """
     if choice.kind == "scripted":
-        teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
-                                  mistake_rate=config.teacher_mistake_rate, seed=data_seed)
+        scores = teacher_scores(config, pairs)
+        step_scores = teacher_step_scores(dataset, pairs) if config.teacher_noise == "myopic" else None
+        teacher = scripted_teacher(config, scores, step_scores, data_seed=data_seed)
         # The teacher reads no text: the task id, not task_text (which warns about tasks without one).
-        result = teacher.label(PairBatch(task, returns=teacher_scores(config, pairs)), progress=False)
+        result = teacher.label(PairBatch(task, returns=scores, step_scores=step_scores), progress=False)
         return result.preferences, result.stats
     goal_text = task_text(task, config.vlm.task_text)
     # MetaWorld rendering is imported here, not at module level: recorded-data runs use this module too.
@@ -113,7 +150,12 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
 
 
 _SUMMED_STATS = ("pairs", "queried_pairs", "cache_hits", "requests", "retries", "labelled", "unsure_answers",
-                 "malformed", "failed", "unsure", "prompt_tokens", "completion_tokens", "wall_s")
+                 "malformed", "failed", "unsure", "prompt_tokens", "completion_tokens", "wall_s",
+                 "queries", "first_answers", "sure_answers", "order_compared", "order_agreements",
+                 "order_disagreements", "reasoning_without_answer")
+# Shares among the stats, as (numerator, denominator) counts: recomputed from the summed counts.
+_RATIO_STATS = {"first_answer_share": ("first_answers", "sure_answers"),
+                "order_consistency": ("order_agreements", "order_compared")}
 
 
 def merge_stats(stats_list: list[dict]) -> dict:
@@ -135,6 +177,9 @@ def merge_stats(stats_list: list[dict]) -> dict:
         for stats in stats_list:
             reasons.update(stats.get("failure_reasons") or {})
         merged["failure_reasons"] = dict(reasons.most_common(5))
+    for name, (numerator, denominator) in _RATIO_STATS.items():
+        if name in merged:
+            merged[name] = (merged.get(numerator) or 0) / merged[denominator] if merged.get(denominator) else None
     wall = merged.get("wall_s") or 0.0
     if wall > 0:
         merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall

@@ -156,6 +156,8 @@ class OfflineConfig:
 def validate(config: OfflineConfig) -> None:
     """Impossible options fail here, before the data is read."""
     validate_updates(config)
+    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
+        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {config.holdout_fraction}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
@@ -401,8 +403,8 @@ def make_evaluator(config: OfflineConfig, prepared: PreparedData, seed: int):
     heldout_act = prepared.normalizer.actions_to_policy(prepared.dataset.actions[rows])
     heldout_prefs = prepared.preferences[held]
 
-    def evaluate_fn(policy_fn, video_path) -> dict:
-        del video_path  # nothing to film without a simulator
+    def evaluate_fn(policy_fn, video_path, *, final: bool = False) -> dict:
+        del video_path, final  # nothing to film without a simulator; every evaluation is the same
         result = {}
         if len(held):
             result["heldout_accuracy"] = heldout_preference_accuracy(policy_fn, heldout_obs, heldout_act,

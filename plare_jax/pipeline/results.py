@@ -14,14 +14,25 @@ from plare_jax.pipeline.train import method_evals
 
 # Fields of a results.json that must agree for two runs' numbers to be compared side by side
 # (one table, one figure): how the labels were made and which data and training seeds ran.
-PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_mistake_rate", "preset", "data_seeds", "seeds", "unsure")
+PROTOCOL_FIELDS = ("labeler", "teacher", "teacher_noise", "teacher_noise_level", "teacher_agreement", "preset",
+                   "data_seeds", "seeds", "unsure", "final_eval_episodes")
+
+
+def protocol_fields(results: dict) -> dict:
+    """The protocol fields of a results.json, those written before --teacher-noise read as theirs."""
+    fields = {field: results.get(field) for field in PROTOCOL_FIELDS}
+    if "teacher_mistake_rate" in results and "teacher_noise" not in results:
+        rate = results["teacher_mistake_rate"]
+        fields.update(teacher_noise="mistake", teacher_noise_level=rate or None)
+    return fields
 
 
 def protocol_difference(ours: dict, theirs: dict) -> str | None:
     """'field (ours vs theirs)' for the first protocol field two results.json differ in, else None."""
+    ours, theirs = protocol_fields(ours), protocol_fields(theirs)
     for field in PROTOCOL_FIELDS:
-        if ours.get(field) != theirs.get(field):
-            return f"{field} ({ours.get(field)!r} vs {theirs.get(field)!r})"
+        if ours[field] != theirs[field]:
+            return f"{field} ({ours[field]!r} vs {theirs[field]!r})"
     return None
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal 1.96).
@@ -79,11 +90,15 @@ def summarize(config: ExperimentConfig, labeler_kind: str, labeler_reason: str, 
             "data": {str(d): summary for d, summary in data.items()},
             "trained_pairs": [summary["labels"].get("trained_pairs") for summary in data.values()],
             "label_accuracy": [summary["labels"].get("accuracy") for summary in data.values()],
+            "label_first_share": [summary["labels"].get("first_share") for summary in data.values()],
+            "label_unsure_rate": [summary["labels"].get("unsure_rate") for summary in data.values()],
             "training_timings": {f"data{d}-seed{s}": seed_results[task][d, s]["timings"]
                                  for d, s in finished},
         }
     return {"labeler": labeler_kind, "labeler_reason": labeler_reason, "teacher": config.teacher,
-            "teacher_mistake_rate": config.teacher_mistake_rate, "preset": config.preset,
+            "teacher_noise": config.teacher_noise, "teacher_noise_level": config.teacher_noise_level,
+            "teacher_agreement": config.teacher_agreement, "preset": config.preset,
+            "final_eval_episodes": config.final_eval_episodes,
             "data_seeds": list(config.data_seeds), "seeds": list(config.seeds),
             "unsure": config.unsure, "tasks": tasks}
 
@@ -125,12 +140,15 @@ def format_table(results: dict) -> str:
     ]
     for task, info in results["tasks"].items():
         trained = "/".join(str(t) for t in info.get("trained_pairs", []) if t is not None) or "-"
+        accs = [a for a in info.get("label_accuracy", []) if a is not None]
+        agreement = "agreement " + "/".join(f"{a:.3f}" for a in accs) if accs else "-"
         if labels_from_teacher:
-            mistake = results.get("teacher_mistake_rate") or 0.0
-            label_note = "scripted teacher" + (f", {mistake:.0%} flipped" if mistake else "")
+            protocol = protocol_fields(results)
+            noisy = protocol["teacher_agreement"] not in (None, 1.0) or protocol["teacher_noise_level"] is not None
+            label_note = (f"scripted teacher, {protocol['teacher_noise']} noise, {agreement}" if noisy
+                          else "scripted teacher")
         else:
-            accs = [a for a in info.get("label_accuracy", []) if a is not None]
-            label_note = "acc. vs teacher " + "/".join(f"{a:.3f}" for a in accs) if accs else "-"
+            label_note = agreement
         for name, m in info["methods"].items():
             s = m["success"]
             std = "n/a" if math.isnan(s["std"]) else f"{s['std']:.2f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 import shlex
 import shutil
@@ -12,7 +13,7 @@ from plare_jax import plotting, runs
 from plare_jax.interrupts import StopRequested, stop_on_signals
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.vlm import preflight
-from plare_jax.pipeline.config import ExperimentConfig, config_from_dict, validate
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from_dict, validate
 from plare_jax.pipeline.data import prepare_task
 from plare_jax.pipeline.labels import choose_labeler, vlm_config
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
@@ -31,6 +32,36 @@ def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
     if not (run_dir / "config.json").exists():
         raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
     return config_from_dict(runs.read_json(run_dir / "config.json"))
+
+
+# Options that say where a run lives or how it is executed, not what it computes.
+_LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers")
+
+
+def check_same_experiment(run_dir: pathlib.Path, experiment: ExperimentConfig) -> None:
+    """An existing run is reused (or resumed with its stored options) only if it is the experiment
+    asked for: a sweep continued with other tasks, seeds or methods would otherwise silently mix
+    two protocols in one table or figure."""
+    stored = dataclasses.asdict(load_resumed_config(run_dir))
+    asked = dataclasses.asdict(experiment)
+    differing = sorted(name for name in asked if name not in _LOCATION_FIELDS and stored.get(name) != asked[name])
+    if differing:
+        details = "; ".join(f"{name}: stored {stored.get(name)!r}, asked {asked[name]!r}" for name in differing)
+        raise ConfigError(f"{run_dir} was run with other options ({details}); continue it with the "
+                          "same options, or start another sweep with --name")
+
+
+def run_or_reuse(experiment: ExperimentConfig) -> dict:
+    """The results of `experiment` in out_dir/run_name: read when finished, resumed when interrupted,
+    run when new (the run directory must hold the same experiment: `check_same_experiment`)."""
+    run_dir = experiment.out_dir / experiment.run_name
+    if run_dir.exists():
+        check_same_experiment(run_dir, experiment)
+    if (run_dir / "results.json").exists() and (run_dir / "summary.md").exists():
+        return runs.read_json(run_dir / "results.json")
+    if run_dir.exists():
+        return run(dataclasses.replace(experiment, resume=run_dir))
+    return run(experiment)
 
 
 def run(config: ExperimentConfig) -> dict:

@@ -25,11 +25,24 @@ from plare_jax.pipeline.data import TaskData
 
 SHARED_BC_BRANCH = "bc_phase"
 
-EvaluateFn = Callable[[PolicyFn, "pathlib.Path | None"], dict]
-"""(policy, video path or None) -> the evaluation's numbers, e.g. {"success_rate", "mean_return"}.
+EvaluateFn = Callable[..., dict]
+"""(policy, video path or None, *, final=False) -> the evaluation's numbers, e.g. {"success_rate",
+"mean_return"}. `final` marks a method's last evaluation, the one its result reports, which may
+use more episodes than the periodic ones (--final-eval-episodes).
 
 MetaWorld runs evaluate in the simulator (`metaworld_evaluator`); recorded-data runs measure
 held-out preference accuracy and, if asked, success in a gymnasium environment."""
+
+# The evaluation episodes' layouts come from a stream of their own, keyed by the data seed and
+# the training seed: development data seeds (0-2) and reported ones (3+) never share layouts,
+# and no other stream (data, pairs, labels, training) draws from it.
+_EVAL_LAYOUT_STREAM = 0xE7A1
+
+
+def evaluation_seed(data_seed: int, seed: int) -> int:
+    """Seed of the evaluation layouts of one run (the same for every method and step: paired)."""
+    state = np.random.SeedSequence([_EVAL_LAYOUT_STREAM, int(data_seed), int(seed)]).generate_state(1)
+    return int(state[0] >> 2)  # 30 bits: room for the per-episode offsets added to it
 
 
 def learner_config(config: ExperimentConfig) -> LearnerConfig:
@@ -42,26 +55,30 @@ def learner_config(config: ExperimentConfig) -> LearnerConfig:
     )
 
 
-def evaluate(config: ExperimentConfig, task: str, policy_fn, seed: int,
-             video_path: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None):
+def evaluate(config: ExperimentConfig, task: str, policy_fn, data_seed: int, seed: int,
+             video_path: pathlib.Path | None = None, should_stop: Callable[[], bool] | None = None,
+             *, final: bool = False):
     from plare_jax.envs import evaluate as envs_evaluate  # MetaWorld only: recorded-data runs never import it
 
     return envs_evaluate.evaluate_policy(
-        task, policy_fn, num_episodes=config.eval_episodes, horizon=config.eval_horizon,
-        seed=10_000 + seed,  # the same episodes for every method and step: paired comparisons
+        task, policy_fn, num_episodes=config.final_eval_episodes if final else config.eval_episodes,
+        horizon=config.eval_horizon, seed=evaluation_seed(data_seed, seed),
         workers=config.workers, video_path=video_path, progress=False, should_stop=should_stop)
 
 
-def metaworld_evaluator(config: ExperimentConfig, task: str, seed: int,
+def metaworld_evaluator(config: ExperimentConfig, task: str, data_seed: int, seed: int,
                         should_stop: Callable[[], bool] | None = None) -> EvaluateFn:
-    """Success rate and mean return in the MetaWorld task (the same episodes at every step).
+    """Success rate and mean return in the MetaWorld task (the same episodes at every step; the
+    final evaluation runs --final-eval-episodes, its first --eval-episodes being those).
 
     `should_stop` is checked before every evaluation step and video frame.
     """
 
-    def evaluate_fn(policy_fn: PolicyFn, video_path: pathlib.Path | None) -> dict:
-        result = evaluate(config, task, policy_fn, seed, video_path=video_path, should_stop=should_stop)
-        return {"success_rate": result.success_rate, "mean_return": result.mean_return}
+    def evaluate_fn(policy_fn: PolicyFn, video_path: pathlib.Path | None, *, final: bool = False) -> dict:
+        result = evaluate(config, task, policy_fn, data_seed, seed, video_path=video_path,
+                          should_stop=should_stop, final=final)
+        return {"success_rate": result.success_rate, "mean_return": result.mean_return,
+                "episodes": len(result.episode_successes)}
 
     return evaluate_fn
 
@@ -78,7 +95,8 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
     `should_stop`: checked after every `metrics_every` updates and every evaluation step;
     when true, raises `StopRequested` (the last checkpoint is where a resume continues).
     """
-    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, seed, should_stop)
+    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0), seed,
+                                                     should_stop)
     manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
     end_step = start_step + num_steps
     step = start_step
@@ -108,7 +126,8 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
                             **{k: float(np.asarray(v)[0]) for k, v in metrics.items()}})
                 bar.update(config.metrics_every)
                 raise_if_stopped(should_stop)
-            result = evaluate_fn(method.policy_fn(state), video_path if step == end_step else None)
+            last = step == end_step
+            result = evaluate_fn(method.policy_fn(state), video_path if last else None, final=last)
             raise_if_stopped(should_stop)
             log.append({"branch": branch, "step": step, "eval": True, **result})
             bar.set_postfix({name: f"{value:.2f}" for name, value in result.items()
@@ -136,7 +155,8 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
     `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
     `should_stop`: see `run_branch`.
     """
-    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, seed, should_stop)
+    evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0), seed,
+                                                     should_stop)
     unit_dir.mkdir(parents=True, exist_ok=True)
     done_path = unit_dir / "result.json"
     if done_path.exists():  # finished before an interruption: nothing to redo
@@ -174,7 +194,7 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         if evals:
             final = {k: v for k, v in evals[-1].items() if k not in ("branch", "eval")}
         else:  # a branch that ran no steps (e.g. --cpl-steps 0)
-            final = {**evaluate_fn(method.policy_fn(state), None), "step": int(state.step)}
+            final = {**evaluate_fn(method.policy_fn(state), None, final=True), "step": int(state.step)}
         results[method.name] = {**final, **method.report(state, data.training)}
         if video_path is not None:
             if not video_path.exists():  # branch finished before a resume, or no steps to run
