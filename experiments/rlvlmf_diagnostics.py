@@ -2,7 +2,7 @@
 
     python experiments/rlvlmf_diagnostics.py --run runs/<run-name> --env sweep-into --data-seed 0 --seed 0
 
-Why: a reward model can rank most held-out segment pairs right and still give per-step rewards
+Why: a reward model can rank most labelled segment pairs right and still give per-step rewards
 that say little about which actions were good, and IQL's policy only sees the per-step
 advantages. This reads the rlvlmf state of one (task, data seed, seed) unit and reports, over
 every transition of that unit's dataset:
@@ -133,7 +133,7 @@ def diagnose(config: DiagnosticsConfig) -> dict:
         data.training.actions, inverse_temperature=state.config.inverse_temperature,
         max_weight=state.config.max_weight, top_fraction=config.top_fraction)
     report.update(task=task, data_seed=config.data_seed, seed=config.seed,
-                  reward_heldout_accuracy=float(state.reward_heldout_accuracy), iql_steps=int(state.step - state.iql_start),
+                  reward_train_accuracy=float(state.reward_train_accuracy), iql_steps=int(state.step - state.iql_start),
                   critic_pretrain_steps=int(state.critic_pretrain_step))
     return report
 

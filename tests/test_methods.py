@@ -11,11 +11,12 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from plare_jax.checkpoint import make_checkpoint_manager, restore_state, save_state
-from plare_jax.learner import LearnerConfig, LearnerState, train
+from plare_jax.learner import LearnerConfig, LearnerState, learning_rate_schedule, start_phase, train
 from plare_jax.methods import METHODS, get_method
 from plare_jax.methods import pbc as pbc_module
 from plare_jax.methods import rlvlmf as rlvlmf_module
@@ -27,7 +28,7 @@ POLICY = LearnerConfig(hidden_dims=(32, 32), dropout_rate=0.0, warmup_steps=10, 
                        batch_pairs=16, bc_batch_size=128)
 SMALL_RLVLMF = rlvlmf_module.RLVLMFOptions(
     reward_steps=300, reward_hidden_dims=(32, 32), reward_lr=3e-3, reward_batch_pairs=16,
-    reward_holdout_fraction=0.2, critic_hidden_dims=(32, 32), value_hidden_dims=(32, 32), lr=3e-3,
+    critic_hidden_dims=(32, 32), value_hidden_dims=(32, 32), lr=3e-3,
     schedule_steps=400, batch_size=128, critic_pretrain_steps=0,
 )
 
@@ -104,16 +105,42 @@ def test_registry_has_every_method_with_its_flags():
     assert all(m.description for m in METHODS.values())
 
 
-def test_rlvlmf_reward_model_ranks_held_out_pairs_and_iql_picks_the_good_action():
+def awr_clip_share_numpy(state, data, inverse_temperature):
+    """Share of the data's rows with beta * (min(target Q1, Q2) - V) at the log(max_weight) clip."""
+    q = rlvlmf_module._critic_values(state.critic_graphdef, state.target_critic_params, data.observations,
+                                     data.actions).min(0)
+    v = nnx.merge(state.value_graphdef, state.value_params)(data.observations)
+    exponent = inverse_temperature * np.asarray(q - v, np.float32)
+    return float(np.mean(exponent >= np.log(np.float32(state.config.max_weight))))
+
+
+def test_rlvlmf_reward_model_ranks_pairs_and_iql_picks_the_good_action():
     data = synthetic_data()
     method = get_method("rlvlmf")
     state, metrics = run(method, data, 400, options=dataclasses.replace(SMALL_RLVLMF, critic_pretrain_steps=200))
     report = method.report(state, data)
     assert report["reward_model_steps"] == 300 and report["iql_steps"] == 400
     assert report["critic_pretrain_steps"] == 200 and int(state.step) == 400  # critic-only steps not counted
-    assert report["reward_heldout_pairs_scored"] > 20
-    assert report["reward_heldout_accuracy"] > 0.9, report
+    # It trains on every labelled pair (no held-out split); its accuracy is on those pairs.
+    assert report["labelled_pairs"] == data.num_pairs == 300
+    assert report["reward_train_pairs"] == data.num_trained_pairs == int(np.count_nonzero(data.weights > 0))
+    assert report["reward_train_pairs_scored"] == int(np.count_nonzero((data.weights > 0) & (data.labels != 0.5)))
+    assert report["reward_train_accuracy"] > 0.9, report
+    assert not any("heldout" in name for name in report)
     assert report["reward_model_seconds"] > 0
+    # It also ranks pairs of other episodes right (a held-out check made here, not by the method).
+    fresh = synthetic_data(seed=11, unsure=0.0)
+    model = nnx.merge(state.reward_graphdef, state.reward_params)
+    assert float(rlvlmf_module._pair_accuracy(model, fresh.preference_data())) > 0.9
+    # The share of advantage weights at the clip, over every transition, as in NumPy; a hotter
+    # inverse temperature puts more rows at the clip.
+    assert 0.0 <= report["awr_weight_clip_share"] < 1.0 and report["awr_weight_mean"] > 0
+    assert report["awr_weight_clip_share"] == pytest.approx(
+        awr_clip_share_numpy(state, data, SMALL_RLVLMF.inverse_temperature), abs=1e-6)
+    hot = state.replace(config=dataclasses.replace(state.config, inverse_temperature=300.0))
+    hot_share = method.report(hot, data)["awr_weight_clip_share"]
+    assert hot_share == pytest.approx(awr_clip_share_numpy(state, data, 300.0), abs=1e-6)
+    assert hot_share > report["awr_weight_clip_share"] and hot_share > 0.05
     # Relabelled rewards: standardised, and higher for the good action than for the other one.
     rewards = np.asarray(state.rewards)
     np.testing.assert_allclose([rewards.mean(), rewards.std()], [0.0, 1.0], atol=1e-4)
@@ -238,8 +265,6 @@ def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
 def test_rlvlmf_rejects_bad_options_and_data_with_clear_errors():
     with pytest.raises(ValueError, match="expectile"):
         rlvlmf_module.RLVLMFOptions(expectile=1.0)
-    with pytest.raises(ValueError, match="reward_holdout_fraction"):
-        rlvlmf_module.RLVLMFOptions(reward_holdout_fraction=1.0)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         rlvlmf_module.RLVLMFOptions(batch_size=0)
     with pytest.raises(ValueError, match="critic_pretrain_steps"):
@@ -254,11 +279,89 @@ def test_rlvlmf_rejects_bad_options_and_data_with_clear_errors():
         method.train(state, method.device_data(state, data), jax.random.key(1), 30, metrics_every=20)
 
 
-def test_holdout_split_is_fixed_and_sized():
-    a = rlvlmf_module.holdout_split(200, 0.1, seed=0)
-    assert a.sum() == 20 and np.array_equal(a, rlvlmf_module.holdout_split(200, 0.1, seed=0))
-    assert not np.array_equal(a, rlvlmf_module.holdout_split(200, 0.1, seed=1))
-    assert rlvlmf_module.holdout_split(200, 0.0, seed=0).sum() == 0
+def test_rlvlmf_reward_model_trains_on_every_labelled_pair_and_weight_zero_pairs_weigh_nothing():
+    data = synthetic_data(seed=3, num_pairs=100)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=60)
+
+    def reward_params(data):
+        state = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+        device_data = method.device_data(state, data)
+        np.testing.assert_array_equal(device_data.reward_pairs.labels, data.labels)  # all P pairs, in order
+        np.testing.assert_array_equal(device_data.reward_pairs.weights, data.weights)
+        trained = rlvlmf_module._train_reward_model(state, device_data, jax.random.key(1), None)
+        return [np.asarray(x) for x in jax.tree.leaves(trained.reward_params)]
+
+    def flipped(rows):
+        labels = data.labels.copy()
+        labels[rows] = 1.0 - labels[rows]
+        return dataclasses.replace(data, labels=labels)
+
+    base = reward_params(data)
+    # The 10% of pairs the former split held out (permutation of seed 0): their labels now
+    # change the reward model.
+    former_holdout = np.random.default_rng(0).permutation(data.num_pairs)[:10]
+    former_holdout = former_holdout[data.weights[former_holdout] > 0]
+    assert former_holdout.size >= 5
+    assert any(not np.array_equal(a, b) for a, b in zip(base, reward_params(flipped(former_holdout))))
+    # A dropped pair (weight 0) is in the data but changes nothing, whatever its label.
+    dropped = np.flatnonzero((data.weights == 0) & (data.labels != 0.5))
+    assert dropped.size >= 5
+    for a, b in zip(base, reward_params(flipped(dropped))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rlvlmf_actor_schedule_is_the_cpl_warm_up_then_a_cosine_decay():
+    policy = dataclasses.replace(POLICY, learning_rate=1e-4, warmup_steps=50)
+    options = dataclasses.replace(SMALL_RLVLMF, lr=3e-4, schedule_steps=400)
+    schedule = rlvlmf_module._actor_schedule(options, policy)
+    cpl = learning_rate_schedule(policy)
+    rates = np.array([float(schedule(k)) for k in range(401)])
+    # Warm-up: the CPL learner's fraction of the peak at every step, towards rlvlmf's own lr.
+    for k in (0, 1, 24, 49):
+        assert rates[k] == pytest.approx(float(cpl(k)) / policy.learning_rate * options.lr, rel=1e-6)
+    assert rates[0] == pytest.approx(options.lr / 50, rel=1e-6) and rates[49] == pytest.approx(options.lr)
+    # Then a cosine from the peak to 0 at schedule_steps.
+    assert rates[50] == pytest.approx(options.lr, rel=1e-6)
+    assert rates[225] == pytest.approx(options.lr / 2, rel=1e-4)
+    assert np.all(np.diff(rates[50:]) <= 0) and rates[400] == pytest.approx(0.0, abs=1e-12)
+    # Without a warm-up it is the cosine decay it was before.
+    no_warmup = rlvlmf_module._actor_schedule(options, dataclasses.replace(policy, warmup_steps=0))
+    cosine = optax.cosine_decay_schedule(options.lr, options.schedule_steps)
+    for k in (0, 100, 399):
+        assert float(no_warmup(k)) == pytest.approx(float(cosine(k)), rel=1e-5)
+
+
+def test_rlvlmf_actor_first_update_after_the_switch_uses_the_cpl_warm_up_rate():
+    data = synthetic_data(seed=9, num_pairs=100)
+    bc_phase, _ = run(get_method("bc"), data, 100)
+    assert POLICY.learning_rate == SMALL_RLVLMF.lr and POLICY.warmup_steps == 10  # same peak: equal rates
+    # The CPL learner's switch after the same BC phase (plare's): fresh optimizer, warm-up from 0.
+    _, cpl_metrics = train(start_phase(bc_phase, "cpl"), data.preference_data(), jax.random.key(1), 12,
+                           phase="cpl", metrics_every=1)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=20, schedule_steps=100 + 400)
+    state = method.create(jax.random.key(0), POLICY, data, init=bc_phase, options=options)
+    device_data = method.device_data(state, data)
+    first, first_metrics = method.train(state, device_data, jax.random.key(1), 1, metrics_every=1)
+    rest, rest_metrics = method.train(first, device_data, jax.random.key(1), 11, metrics_every=1)
+    lr = np.concatenate([np.asarray(first_metrics["learning_rate"]), np.asarray(rest_metrics["learning_rate"])])
+    # Split inside the warm-up, the run equals an uninterrupted one.
+    whole, whole_metrics = method.train(state, device_data, jax.random.key(1), 12, metrics_every=1)
+    np.testing.assert_array_equal(lr, np.asarray(whole_metrics["learning_rate"]))
+    for a, b in zip(jax.tree.leaves(rest.actor_params), jax.tree.leaves(whole.actor_params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # The warm-up (10 steps) is the CPL learner's, step for step; then rlvlmf's cosine starts.
+    cpl_lr = np.asarray(cpl_metrics["learning_rate"])
+    np.testing.assert_array_equal(lr[:10], cpl_lr[:10])
+    assert np.all(lr[10:] <= cpl_lr[10:]) and lr[11] == pytest.approx(cpl_lr[11], rel=1e-3)
+    assert lr[0] == pytest.approx(POLICY.learning_rate / POLICY.warmup_steps, rel=1e-6)
+    assert lr[9] == pytest.approx(POLICY.learning_rate, rel=1e-4) and np.all(np.diff(lr[:10]) > 0)
+    # The optimizer really applies it: Adam's first step moves each parameter by ~ the rate
+    # (|g| / (|g| + eps)), so the largest move of the actor's parameters is lr[0], not the peak.
+    moves = [np.abs(np.asarray(a) - np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(first.actor_params), jax.tree.leaves(state.actor_params))]
+    assert max(float(m.max()) for m in moves) == pytest.approx(lr[0], rel=1e-3)
 
 
 def test_sft_clones_only_confident_preferred_segments_and_learns_the_good_action():

@@ -162,5 +162,5 @@ class Method(Protocol):
         ...
 
     def report(self, state: Any, data: TrainingData) -> dict:
-        """Extra numbers for results.json (e.g. a reward model's held-out accuracy); may be {}."""
+        """Extra numbers for results.json (e.g. a reward model's training accuracy); may be {}."""
         ...

@@ -6,8 +6,9 @@ the PLARE/CPL reference code does ("preference IQL"):
 1. Reward model. An MLP r(s, a) (tanh output) is fitted to the same labelled pairs with the
    Bradley-Terry loss on the segments' summed rewards (`losses.bradley_terry_loss`). Pairs with
    weight 0 (unsure labels under `--unsure drop`) are skipped; ties (`--unsure tie`) train as
-   label 0.5. A fixed random `reward_holdout_fraction` of the pairs is held out, and the model's
-   preference accuracy on them is reported in every run (`report`).
+   label 0.5. It trains on every labelled pair the other methods train on: holding some out
+   would give the baseline fewer labels than PLARE. `report` gives its preference accuracy on
+   those training pairs (how well it fits them, not a held-out estimate).
 2. Relabelling. Every transition of the offline data gets r(s, a), standardised to zero mean
    and unit std over the data. Why: a Bradley-Terry reward is identified only up to an additive
    constant, and its scale is whatever the labels' confidence made it; IQL's advantage weights
@@ -26,6 +27,15 @@ the PLARE/CPL reference code does ("preference IQL"):
    (`losses.awr_policy_loss`) with the shared policy network (deterministic head: a weighted
    squared error towards the data's actions). Per step, in the reference's order: value,
    then actor (advantages from the new V), then critics (targets from the new V), then target.
+   `report` gives the share of the data's transitions whose advantage weight is at the clip
+   (`max_weight`), so that the inverse temperature can be judged on development data.
+
+Learning rates: the critics and the value network use a constant rate, as in IQL. The actor
+starts a fresh Adam at its first update with the CPL learner's linear warm-up (the same
+`warmup_steps` of the policy config and the same lr * min(1, (k + 1) / warmup_steps) at the
+k-th actor update, towards this method's `lr`), the switch plare and sft make into their
+second phase (`learner.start_phase`); after the warm-up the rate follows IQL's cosine decay
+to 0 at `schedule_steps`.
 
 Step budget: like plare and sft, the actor continues the shared behaviour-cloning phase's
 policy, and IQL runs for the second phase's updates (`state.step` continues the BC phase's
@@ -66,7 +76,7 @@ from plare_jax.methods.base import PolicyFn, TrainingData
 from plare_jax.networks import PolicyMLP, ScalarMLP
 from plare_jax.sharding import check_divisible, constrain_batch, place
 
-__all__ = ["RLVLMFOptions", "QUICK", "PAPER", "RLVLMFData", "RLVLMFState", "RLVLMF", "METHOD", "holdout_split"]
+__all__ = ["RLVLMFOptions", "QUICK", "PAPER", "RLVLMFData", "RLVLMFState", "RLVLMF", "METHOD"]
 
 # Reward-model and critic-only updates per host call (one progress-bar tick each).
 _CHUNK_STEPS = 1000
@@ -92,10 +102,6 @@ class RLVLMFOptions:
     """Adam learning rate of the reward model (constant)."""
     reward_batch_pairs: int = 32
     """Labelled segment pairs per reward-model update."""
-    reward_holdout_fraction: float = 0.1
-    """Fraction of the pairs held out of reward-model training; its accuracy on them is reported."""
-    holdout_seed: int = 0
-    """Seed of the held-out split (fixed, so every training seed holds out the same pairs)."""
     expectile: float = 0.7
     """IQL expectile tau of the value regression (reference: 0.7)."""
     inverse_temperature: float = 3.0
@@ -111,11 +117,12 @@ class RLVLMFOptions:
     value_hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the value network V(s) (reference: 512, 512)."""
     lr: float = 3e-4
-    """Adam learning rate of the critics, the value network and the actor."""
+    """Adam learning rate of the critics and the value network, and the actor's peak rate."""
     schedule_steps: int = 6000
-    """Length of the actor's cosine learning-rate decay. The experiment sets it to the run's IQL
-    update budget (--bc-steps + --cpl-steps), whatever is given here. Critic and value learning
-    rates are constant, as in IQL."""
+    """Length of the actor's learning-rate schedule: the policy config's linear warm-up
+    (`warmup_steps`, as at the other methods' phase switch), then a cosine decay to 0 at this
+    step. The experiment sets it to the run's IQL update budget (--bc-steps + --cpl-steps),
+    whatever is given here. Critic and value learning rates are constant, as in IQL."""
     batch_size: int = 256
     """Transitions per IQL update."""
 
@@ -125,8 +132,6 @@ class RLVLMFOptions:
                 raise ValueError(f"rlvlmf {name} must be positive, got {getattr(self, name)}")
         if self.critic_pretrain_steps < 0:
             raise ValueError(f"rlvlmf critic_pretrain_steps must be >= 0, got {self.critic_pretrain_steps}")
-        if not 0.0 <= self.reward_holdout_fraction < 1.0:
-            raise ValueError(f"rlvlmf reward_holdout_fraction must be in [0, 1), got {self.reward_holdout_fraction}")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"rlvlmf expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 <= self.discount <= 1.0 or not 0.0 < self.tau <= 1.0:
@@ -151,10 +156,9 @@ PAPER = RLVLMFOptions(
 
 
 class RLVLMFData(flax.struct.PyTreeNode):
-    """What `train` reads: the reward model's pairs (split) and every transition."""
+    """What `train` reads: the reward model's pairs (all labelled pairs) and every transition."""
 
-    reward_train: PreferenceData
-    reward_holdout: PreferenceData
+    reward_pairs: PreferenceData
     observations: jax.Array  # [N, O]
     actions: jax.Array  # [N, A]
     next_observations: jax.Array  # [N, O]
@@ -199,8 +203,7 @@ class RLVLMFState(flax.struct.PyTreeNode):
     reward_raw_mean: jax.Array  # mean and std of the raw r(s, a) over the data
     reward_raw_std: jax.Array
     reward_loss: jax.Array  # mean Bradley-Terry loss of the last reward-model chunk
-    reward_train_accuracy: jax.Array  # on all training pairs, after training
-    reward_heldout_accuracy: jax.Array  # on the held-out pairs (NaN when none are eligible)
+    reward_train_accuracy: jax.Array  # on its training pairs (every labelled pair), after training
     reward_seconds: jax.Array  # wall time of reward training and relabelling (incl. compilation)
     critic_pretrain_seconds: jax.Array  # wall time of the critic-only updates (incl. compilation)
     reward_graphdef: Any = flax.struct.field(pytree_node=False)
@@ -230,12 +233,23 @@ def _critic_optimizer(config: RLVLMFOptions) -> optax.GradientTransformation:
     return optax.adam(config.lr)
 
 
-def _actor_schedule(config: RLVLMFOptions) -> optax.Schedule:
-    return optax.cosine_decay_schedule(config.lr, config.schedule_steps)
+def _actor_schedule(config: RLVLMFOptions, policy_config: LearnerConfig) -> optax.Schedule:
+    """Rate of the actor's k-th update (k from 0): the CPL learner's linear warm-up
+    (`learner.learning_rate_schedule`: lr * min(1, (k + 1) / warmup_steps)), then a cosine
+    decay from `lr` at k = warmup_steps to 0 at k = `schedule_steps`."""
+    lr, warmup, total = config.lr, policy_config.warmup_steps, config.schedule_steps
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum(1.0, (count + 1.0) / warmup) if warmup else 1.0
+        progress = jnp.clip((count - warmup) / max(1, total - warmup), 0.0, 1.0)
+        return lr * warm * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return schedule
 
 
-def _actor_optimizer(config: RLVLMFOptions) -> optax.GradientTransformation:
-    return optax.adam(_actor_schedule(config))
+def _actor_optimizer(config: RLVLMFOptions, policy_config: LearnerConfig) -> optax.GradientTransformation:
+    return optax.adam(_actor_schedule(config, policy_config))
 
 
 def _apply(tx: optax.GradientTransformation, grads, opt_state, params):
@@ -243,16 +257,7 @@ def _apply(tx: optax.GradientTransformation, grads, opt_state, params):
     return optax.apply_updates(params, updates), opt_state
 
 
-# ----------------------------------------------------------------------------- data split
-
-
-def holdout_split(num_pairs: int, fraction: float, seed: int) -> np.ndarray:
-    """[P] bool, True for the pairs held out of reward-model training (a fixed random subset)."""
-    held = np.zeros(num_pairs, bool)
-    count = int(round(fraction * num_pairs))
-    if count:
-        held[np.random.default_rng(seed).permutation(num_pairs)[:count]] = True
-    return held
+# ----------------------------------------------------------------------------- pairs
 
 
 def _eligible_for_accuracy(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -266,7 +271,7 @@ def _eligible_for_accuracy(labels: np.ndarray, weights: np.ndarray) -> np.ndarra
 def _reward_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, mesh):
     config = state.config
     tx = _reward_optimizer(config)
-    pairs = data.reward_train
+    pairs = data.reward_pairs
     reward_key = jax.random.split(key)[0]
 
     def objective(params, batch: PreferenceData):
@@ -308,20 +313,16 @@ def _pair_accuracy(model: ScalarMLP, pairs: PreferenceData) -> jax.Array:
 
 
 def _relabel_impl(state: RLVLMFState, data: RLVLMFData):
-    """Rewards of every transition (standardised) and the reward model's accuracies."""
+    """Rewards of every transition (standardised) and the reward model's training accuracy."""
     model = nnx.merge(state.reward_graphdef, state.reward_params)
     raw = jax.lax.map(lambda row: model(row[0], row[1]), (data.observations, data.actions), batch_size=_RELABEL_BATCH)
     mean, std = jnp.mean(raw), jnp.std(raw)
     rewards = (raw - mean) / jnp.maximum(std, 1e-6)
-    heldout = (
-        _pair_accuracy(model, data.reward_holdout) if data.reward_holdout.labels.shape[0] else jnp.float32(jnp.nan)
-    )
     return state.replace(
         rewards=rewards,
         reward_raw_mean=mean,
         reward_raw_std=std,
-        reward_train_accuracy=_pair_accuracy(model, data.reward_train),
-        reward_heldout_accuracy=heldout,
+        reward_train_accuracy=_pair_accuracy(model, data.reward_pairs),
     )
 
 
@@ -361,8 +362,8 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
 
     if train_actor:
         actor_loss, actor_grads = jax.value_and_grad(actor_objective)(state.actor_params)
-        actor_params, actor_opt_state = _apply(_actor_optimizer(config), actor_grads, state.actor_opt_state,
-                                               state.actor_params)
+        actor_params, actor_opt_state = _apply(_actor_optimizer(config, state.policy_config), actor_grads,
+                                               state.actor_opt_state, state.actor_params)
     else:
         actor_loss, actor_params, actor_opt_state = jnp.float32(jnp.nan), state.actor_params, state.actor_opt_state
 
@@ -392,7 +393,8 @@ def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: ja
         "advantage_mean": jnp.mean(advantages),
         "awr_weight_mean": jnp.mean(losses.awr_weights(
             advantages, inverse_temperature=config.inverse_temperature, max_weight=config.max_weight)),
-        "learning_rate": jnp.asarray(_actor_schedule(config)(state.step - state.iql_start), jnp.float32),
+        "learning_rate": jnp.asarray(_actor_schedule(config, state.policy_config)(state.step - state.iql_start),
+                                     jnp.float32),
     }
     new_state = state.replace(
         step=state.step + 1 if train_actor else state.step,
@@ -434,6 +436,28 @@ def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, met
 
 
 _iql_train_jit = jax.jit(_iql_train_impl, static_argnames=("num_steps", "metrics_every", "mesh", "train_actor"))
+
+
+def _awr_weight_stats_impl(state: RLVLMFState, observations: jax.Array, actions: jax.Array):
+    """(share of rows whose weight exp(beta * A) is at the `max_weight` clip, mean weight) over
+    the given transitions, with A = min(target Q1, Q2)(s, a) - V(s) as the actor's update uses."""
+    config = state.config
+    value = nnx.merge(state.value_graphdef, state.value_params)
+
+    def weights(rows):
+        obs, act = rows
+        q = jnp.min(_critic_values(state.critic_graphdef, state.target_critic_params, obs, act), axis=0)
+        advantages = q - value(obs)
+        # At the clip: the exponent is clipped, the same test `losses.awr_weights` makes.
+        at_clip = config.inverse_temperature * advantages >= jnp.log(config.max_weight)
+        return at_clip, losses.awr_weights(advantages, inverse_temperature=config.inverse_temperature,
+                                           max_weight=config.max_weight)
+
+    at_clip, w = jax.lax.map(weights, (observations, actions), batch_size=_RELABEL_BATCH)
+    return jnp.mean(at_clip.astype(jnp.float32)), jnp.mean(w)
+
+
+_awr_weight_stats_jit = jax.jit(_awr_weight_stats_impl)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -486,7 +510,7 @@ class RLVLMF:
         """Fresh reward model, critics and value; the actor is `init`'s policy (a `LearnerState` of
         the shared BC phase) or, with `init=None`, a fresh one (the reference's IQL from scratch).
 
-        With `init`, the actor's cosine schedule spans the updates left after init's
+        With `init`, the actor's warm-up and cosine schedule span the updates left after init's
         (`options.schedule_steps` counts the whole run's, as the experiment sets it).
         """
         config = QUICK if options is None else options
@@ -528,13 +552,12 @@ class RLVLMF:
             value_params=value_params,
             value_opt_state=_critic_optimizer(config).init(value_params),
             actor_params=actor_params,
-            actor_opt_state=_actor_optimizer(config).init(actor_params),
+            actor_opt_state=_actor_optimizer(config, policy_config).init(actor_params),
             rewards=jnp.zeros((data.observations.shape[0],), jnp.float32),
             reward_raw_mean=jnp.zeros((), jnp.float32),
             reward_raw_std=jnp.ones((), jnp.float32),
             reward_loss=jnp.full((), jnp.nan, jnp.float32),
             reward_train_accuracy=jnp.full((), jnp.nan, jnp.float32),
-            reward_heldout_accuracy=jnp.full((), jnp.nan, jnp.float32),
             reward_seconds=jnp.zeros((), jnp.float32),
             critic_pretrain_seconds=jnp.zeros((), jnp.float32),
             reward_graphdef=reward_graphdef,
@@ -546,24 +569,17 @@ class RLVLMF:
         )
 
     def device_data(self, state: RLVLMFState, data: TrainingData) -> RLVLMFData:
-        held = holdout_split(data.num_pairs, state.config.reward_holdout_fraction, state.config.holdout_seed)
-        if not np.any(data.weights[~held] > 0):
+        if not np.any(data.weights > 0):
             raise ValueError(
-                "rlvlmf: no labelled pair with weight > 0 is left to train the reward model on "
-                f"({data.num_pairs} pairs, {int(held.sum())} held out); label more pairs, use --unsure tie, "
-                "or lower reward_holdout_fraction"
+                "rlvlmf: no labelled pair with weight > 0 to train the reward model on "
+                f"({data.num_pairs} pairs); label more pairs or use --unsure tie"
             )
         if data.observations.shape[0] != state.rewards.shape[0]:
             raise ValueError(f"rlvlmf: the state was created for {state.rewards.shape[0]} transitions, "
                              f"the data has {data.observations.shape[0]}")
 
-        def pairs(rows: np.ndarray) -> PreferenceData:
-            return PreferenceData.create(data.pair_observations[rows], data.pair_actions[rows], data.labels[rows],
-                                         data.weights[rows], data.pair_mask[rows])
-
         return RLVLMFData(
-            reward_train=pairs(~held),
-            reward_holdout=pairs(held),
+            reward_pairs=data.preference_data(),  # every pair, as plare's; weight-0 pairs weigh 0
             observations=jnp.asarray(data.observations, jnp.float32),
             actions=jnp.asarray(data.actions, jnp.float32),
             next_observations=jnp.asarray(data.next_observations, jnp.float32),
@@ -591,20 +607,26 @@ class RLVLMF:
         return learner.policy_fn_from_params(state.actor_graphdef, state.actor_params)
 
     def report(self, state: RLVLMFState, data: TrainingData) -> dict:
-        held = holdout_split(data.num_pairs, state.config.reward_holdout_fraction, state.config.holdout_seed)
+        """The reward model's fit to its training pairs (every labelled pair: no held-out split),
+        step counts and wall times, and how many of the data's transitions have their advantage
+        weight at the clip (one pass of the target critics and V over the data)."""
         eligible = _eligible_for_accuracy(data.labels, data.weights)
         as_float = lambda x: None if math.isnan(float(x)) else float(x)
+        clip_share, weight_mean = _awr_weight_stats_jit(
+            state, jnp.asarray(data.observations, jnp.float32), jnp.asarray(data.actions, jnp.float32))
         return {
             "reward_model_steps": int(state.reward_step),
             "reward_model_seconds": float(state.reward_seconds),
             "reward_model_loss": as_float(state.reward_loss),
             "reward_train_accuracy": as_float(state.reward_train_accuracy),
-            "reward_heldout_accuracy": as_float(state.reward_heldout_accuracy),
-            "reward_train_pairs": int(np.count_nonzero(~held & (data.weights > 0))),
-            "reward_heldout_pairs_scored": int(np.count_nonzero(held & eligible)),
+            "reward_train_pairs": data.num_trained_pairs,
+            "reward_train_pairs_scored": int(np.count_nonzero(eligible)),
+            "labelled_pairs": data.num_pairs,
             "critic_pretrain_steps": int(state.critic_pretrain_step),
             "critic_pretrain_seconds": float(state.critic_pretrain_seconds),
             "iql_steps": int(state.step - state.iql_start),
+            "awr_weight_clip_share": float(clip_share),
+            "awr_weight_mean": float(weight_mean),
         }
 
 
