@@ -123,6 +123,36 @@ def test_labeling_benchmark_tiny(tmp_path):
     assert "keyframes/s" in proc.stdout and "pairs/s" in proc.stdout
 
 
+@pytest.mark.slow
+def test_both_orders_benchmark_tiny(tmp_path):
+    out = tmp_path / "both_orders.json"
+    proc = run_script("both_orders.py", "--tiny", "--out", str(out))
+    payload = json.loads(out.read_text())
+    assert payload["complete"] and payload["notes"] == []
+    rows = {(r["position_bias"], r["mode"]): r for r in payload["rows"]}
+    biases = (0.0, 0.1, 0.2, 0.35, 0.5)
+    assert set(rows) == {(p, m) for p in biases for m in ("one order", "both orders")}
+    for (bias, mode), r in rows.items():
+        assert r["pairs"] == 24 and r["failed"] == r["malformed"] == 0  # tiny: 24 pairs, no faults injected
+        assert r["sure"] + r["unsure"] == r["pairs"] and r["correct"] + r["wrong"] == r["sure"]
+        assert r["wrong_share"] == pytest.approx(r["wrong"] / r["pairs"])
+        # every request the client counted reached the loopback server, two per query asked
+        assert r["requests"] == r["server_requests"] == 2 * (r["queries"] - r["cache_hits"])
+        assert r["queries"] == (2 if mode == "both orders" else 1) * r["pairs"]
+        assert (r["server_position_biased_answers"] > 0) == (bias > 0)
+    for bias in biases:
+        one, both = rows[(bias, "one order")], rows[(bias, "both orders")]
+        # the bias only ever says "first": with both orders the answers disagree, never agree on a wrong clip
+        assert both["wrong"] == 0 and both["accuracy"] == 1.0
+        assert both["unsure_share"] >= both["true_ties_share"] >= one["unsure_share"]
+        assert one["order_consistency"] is None and both["order_consistency"] is not None
+    faithful_one, faithful_both = rows[(0.0, "one order")], rows[(0.0, "both orders")]
+    assert faithful_one["wrong"] == 0 and faithful_one["unsure_share"] == faithful_both["unsure_share"]
+    assert faithful_both["first_answer_share"] == 0.5 and faithful_both["order_consistency"] == 1.0
+    assert sum(rows[(p, "one order")]["wrong"] for p in biases[1:]) > 0  # one order turns the bias into wrong labels
+    assert "| position bias |" in proc.stdout and "order consistency" in proc.stdout
+
+
 def test_training_benchmark_without_torch_skips_its_rows_with_a_note(monkeypatch, tmp_path, capsys):
     from benchmarks import training
 
