@@ -113,8 +113,7 @@ class LearnerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("warmup_steps must be >= 0 and learning_rate > 0")
-        losses.noisy_label_targets(jnp.zeros(1), label_smoothing=self.label_smoothing,
-                                   flip_rate=self.flip_rate)  # raises on a bad eps
+        losses.check_noise_rates(label_smoothing=self.label_smoothing, flip_rate=self.flip_rate)
         if not 0.0 <= self.small_loss_drop < 1.0 or self.small_loss_start < 0:
             raise ValueError(f"small_loss_drop must be in [0, 1) and small_loss_start >= 0, got "
                              f"{self.small_loss_drop} and {self.small_loss_start}")

@@ -27,6 +27,7 @@ __all__ = [
     "segment_scores",
     "cpl_loss",
     "noisy_label_targets",
+    "check_noise_rates",
     "small_loss_weights",
     "cpl_rank_loss",
     "bc_loss",
@@ -167,6 +168,16 @@ def cpl_loss(
     return label * second_wins + (1.0 - label) * first_wins
 
 
+def check_noise_rates(*, label_smoothing: float = 0.0, flip_rate: float = 0.0) -> None:
+    """Raises ValueError unless both rates are in [0, 0.5) and at most one is set (plain Python:
+    no JAX backend is started, so configs can be checked before `jax.distributed` starts)."""
+    for name, value in (("label_smoothing", label_smoothing), ("flip_rate", flip_rate)):
+        if not 0.0 <= value < 0.5:
+            raise ValueError(f"{name} must be in [0, 0.5), got {value}")
+    if label_smoothing and flip_rate:
+        raise ValueError("set at most one of label_smoothing and flip_rate (two corrections for one noise)")
+
+
 def noisy_label_targets(
     label: jax.typing.ArrayLike,
     *,
@@ -200,11 +211,7 @@ def noisy_label_targets(
       >>> print(noisy_label_targets(jnp.array([0.0, 1.0]), flip_rate=0.25))
       [-0.5  1.5]
     """
-    for name, value in (("label_smoothing", label_smoothing), ("flip_rate", flip_rate)):
-        if not 0.0 <= value < 0.5:
-            raise ValueError(f"{name} must be in [0, 0.5), got {value}")
-    if label_smoothing and flip_rate:
-        raise ValueError("set at most one of label_smoothing and flip_rate (two corrections for one noise)")
+    check_noise_rates(label_smoothing=label_smoothing, flip_rate=flip_rate)
     label = jnp.asarray(label)
     if label_smoothing:
         return (1.0 - label_smoothing) * label + label_smoothing * (1.0 - label)
