@@ -105,3 +105,15 @@ def test_evaluation_layouts_have_their_own_stream_per_data_seed_and_seed():
     assert all(0 <= seed < 2**30 for seed in development | reported)
     # Not the old layout seed (10_000 + seed), which development and reported runs shared.
     assert not {10_000 + s for s in (0, 1, 2)} & (development | reported)
+
+
+def test_a_zero_spread_cell_is_never_called_separated():
+    from plare_jax.pipeline.results import compare_to, run_statistics
+
+    methods = {"plare": {"success": run_statistics([0.0, 0.0, 0.0])},
+               "bc": {"success": run_statistics([0.1, 0.12, 0.11])},
+               "sft": {"success": run_statistics([0.5, 0.6, 0.7])}}
+    verdicts = compare_to(methods, "plare")
+    assert verdicts["bc"] == "zero spread, not compared" and verdicts["sft"] == "zero spread, not compared"
+    methods["plare"] = {"success": run_statistics([0.0, 0.02, 0.01])}
+    assert compare_to(methods, "plare")["sft"] == "plare worse"

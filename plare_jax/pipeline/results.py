@@ -115,6 +115,9 @@ def compare_to(methods: dict, reference: str) -> dict:
         s = m["success"]
         if math.isnan(ref["ci95_low"]) or math.isnan(s["ci95_low"]):
             verdict = "too few runs"
+        elif ref["std"] == 0 or s["std"] == 0:
+            # Identical runs give a zero-width interval: no evidence of a separation either way.
+            verdict = "zero spread, not compared"
         elif ref["ci95_low"] > s["ci95_high"]:
             verdict = f"{reference} better"
         elif ref["ci95_high"] < s["ci95_low"]:
@@ -141,18 +144,20 @@ def format_table(results: dict) -> str:
     for task, info in results["tasks"].items():
         trained = "/".join(str(t) for t in info.get("trained_pairs", []) if t is not None) or "-"
         accs = [a for a in info.get("label_accuracy", []) if a is not None]
-        agreement = "agreement " + "/".join(f"{a:.3f}" for a in accs) if accs else "-"
+        agreement = "acc. vs teacher " + "/".join(f"{a:.3f}" for a in accs) if accs else "-"
         if labels_from_teacher:
             protocol = protocol_fields(results)
             noisy = protocol["teacher_agreement"] not in (None, 1.0) or protocol["teacher_noise_level"] is not None
-            label_note = (f"scripted teacher, {protocol['teacher_noise']} noise, {agreement}" if noisy
-                          else "scripted teacher")
+            level = protocol["teacher_noise_level"]
+            noise = (f"{level:.0%} flipped" if protocol["teacher_noise"] == "mistake" and level is not None
+                     else f"{protocol['teacher_noise']} noise")
+            label_note = f"scripted teacher, {noise}, {agreement}" if noisy else "scripted teacher"
         else:
             label_note = agreement
         for name, m in info["methods"].items():
             s = m["success"]
             std = "n/a" if math.isnan(s["std"]) else f"{s['std']:.2f}"
-            interval = ("n/a" if math.isnan(s["ci95_low"])
+            interval = ("n/a" if math.isnan(s["ci95_low"]) else "zero spread" if s["std"] == 0
                         else f"[{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]")
             uses_labels = name not in ("bc", "pbc")
             lines.append(
