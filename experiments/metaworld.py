@@ -12,6 +12,11 @@ metrics.jsonl, learning curves and a video of each final policy.
 reference schedule (500k update steps, 10k pairs) for a GPU. Any option after the preset
 overrides it; `--help` shows the preset's values. The stages live in `plare_jax.pipeline`;
 this file is the command line and its presets.
+
+Training is data parallel over all local devices (`--devices N` for fewer). On several hosts,
+start one process per host with `--coordinator-address HOST:PORT --num-processes N
+--process-id I` (or `--distributed` under a cluster launcher such as SLURM); process 0 writes
+the run directory, which all of them must see.
 """
 
 from __future__ import annotations
@@ -23,6 +28,51 @@ import sys
 # package itself: drop the folder before anything imports metaworld.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+
+def start_distributed(argv: list[str]) -> bool:
+    """Starts jax.distributed when the command line asks for it, before anything else uses JAX.
+
+    It must come first: importing plare_jax already starts a JAX backend, after which
+    jax.distributed.initialize() refuses to run. So the multi-host options are read here from
+    argv (tyro parses them again below, with all the others, and validates them):
+    `--distributed` (or PLARE_DISTRIBUTED=1) lets JAX detect the cluster (SLURM, Open MPI, ...);
+    `--coordinator-address HOST:PORT --num-processes N --process-id I` gives the settings
+    (incomplete ones are left to the options' own error message). CPU collectives use gloo.
+    Returns whether jax.distributed was started.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--distributed", action="store_true", default=False)
+    parser.add_argument("--no-distributed", dest="distributed", action="store_false")
+    for name in ("coordinator-address", "num-processes", "process-id"):
+        parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", dest=name.replace("-", "_"))
+    known, _ = parser.parse_known_args(argv)
+    explicit = {"coordinator_address": known.coordinator_address}
+    for name in ("num_processes", "process_id"):
+        value = getattr(known, name)
+        explicit[name] = int(value) if value is not None and value.lstrip("-").isdigit() else value
+    auto = known.distributed or os.environ.get("PLARE_DISTRIBUTED", "0") == "1"
+    complete = all(isinstance(v, int) for k, v in explicit.items() if k != "coordinator_address") \
+        and explicit["coordinator_address"] is not None
+    if not (auto or complete):
+        return False
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # before initialize; GPUs ignore it
+    try:
+        jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+    except Exception as e:  # an unreachable coordinator, a cluster JAX cannot detect, ...
+        print(f"error: jax.distributed.initialize failed: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.local_device_count()} local of {jax.device_count()} devices", file=sys.stderr)
+    return True
+
+
+if __name__ == "__main__":
+    start_distributed(sys.argv[1:])
 
 import dataclasses  # noqa: E402
 

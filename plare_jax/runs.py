@@ -3,6 +3,12 @@
 A run directory records what produced it (resolved config, git commit, package
 versions, command line) and is never overwritten: creating one at an existing
 path fails, and resuming one requires saying so explicitly.
+
+Multi-process runs (`jax.distributed`): only process 0 writes. On the other processes
+`create_run_dir` and `write_json_atomic` write nothing, and a `MetricsLog` keeps its
+records in memory (starting from the file as it is when the log is opened), so every
+process reads the same records while one file is written. The processes must see the
+same file system (checkpoints need it too: orbax writes them from process 0).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import platform
 import subprocess
 import sys
 from typing import Any, Callable, Iterable
+
+from plare_jax.sharding import is_primary
 
 TRACKED_PACKAGES = (
     "plare-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
@@ -72,7 +80,12 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
+    """Write JSON via a temporary file and rename, so a crash never leaves half a file.
+
+    Only process 0 of a multi-process run writes (the others return at once).
+    """
+    if not is_primary():
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -105,8 +118,14 @@ def check_writable(directory: str | os.PathLike) -> pathlib.Path:
 
 
 def create_run_dir(path: str | os.PathLike, config: Any) -> pathlib.Path:
-    """Create a new run directory and record provenance; refuse to reuse an existing one."""
+    """Create a new run directory and record provenance; refuse to reuse an existing one.
+
+    In a multi-process run only process 0 creates it (the others get the path back and must
+    wait for process 0, e.g. at `sharding.barrier`, before using it).
+    """
     path = pathlib.Path(path)
+    if not is_primary():
+        return path
     check_writable(path.parent)
     try:
         path.mkdir()
@@ -128,18 +147,31 @@ def create_run_dir(path: str | os.PathLike, config: Any) -> pathlib.Path:
 
 
 class MetricsLog:
-    """Append-only JSON-lines metrics; each record is flushed and fsynced as written."""
+    """Append-only JSON-lines metrics; each record is flushed and fsynced as written.
+
+    On the processes other than 0 of a multi-process run the records live in memory (see the
+    module docstring): they start from the file's records when the log is opened.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
+        self._memory: list[dict[str, Any]] | None = None if is_primary() else self._read_file()
 
     def append(self, record: dict[str, Any]) -> None:
+        if self._memory is not None:
+            self._memory.append(json.loads(json.dumps(to_jsonable(record))))
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def read(self) -> list[dict[str, Any]]:
+        if self._memory is not None:
+            return [dict(r) for r in self._memory]
+        return self._read_file()
+
+    def _read_file(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         records = []
@@ -157,6 +189,9 @@ class MetricsLog:
     def drop(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
         """Remove the records for which `predicate` is true (e.g. ones newer than a restored checkpoint)."""
         kept = [r for r in self.read() if not predicate(r)]
+        if self._memory is not None:
+            self._memory = kept
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as f:
             for r in kept:

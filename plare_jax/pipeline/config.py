@@ -178,8 +178,34 @@ class ExperimentConfig:
     sampling error of about +-0.1."""
     video: bool = True
     """Write a short video of the final policy of each method (first seed)."""
+    track: tuple[Literal["none", "tensorboard", "wandb"], ...] = ()
+    """Also log the config, training metrics, evaluations and the results table to tensorboard
+    (tensorboardX) and/or wandb (offline, no account), e.g. --track tensorboard wandb; files go in
+    the run directory (run_dir/tensorboard, run_dir/wandb; see plare_jax/tracking.py). Needs
+    `pip install "plare-jax[track]"`. Off by default (none). It says how a run is recorded, not
+    what it computes: --resume RUN --track ... overrides the stored choice."""
     workers: int | None = None
     """Worker processes for collection, rendering and evaluation (default: all cores)."""
+    devices: int | None = None
+    """Data parallelism: training runs on a 1-D data mesh over this many devices per process
+    (default: all local devices, e.g. every GPU of the machine; on CPU,
+    XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices). Each update's batch is
+    split over the mesh, so --bc-batch-size, --batch-pairs (plare methods), --rlvlmf.batch-size
+    and --rlvlmf.reward-batch-pairs (rlvlmf) must be multiples of the mesh's device count. With
+    one device in all, training runs without a mesh, exactly as on a single device."""
+    distributed: bool = False
+    """Multi-host: start jax.distributed with the settings a cluster launcher provides
+    (jax.distributed.initialize() detects SLURM, Open MPI, TPU pods, ...; also set by the
+    environment variable PLARE_DISTRIBUTED=1); see --coordinator-address for explicit ones."""
+    coordinator_address: str | None = None
+    """Multi-host: HOST:PORT of process 0's coordinator; with --num-processes and --process-id this
+    starts jax.distributed (gloo collectives on CPU) before anything uses JAX. The data mesh then
+    spans --devices devices of every process; only process 0 writes the run directory, which
+    every process must see (a shared file system). None: a single process."""
+    num_processes: int | None = None
+    """Multi-host: number of processes (with --coordinator-address and --process-id)."""
+    process_id: int | None = None
+    """Multi-host: this process's index, 0 .. --num-processes - 1 (process 0 writes the run files)."""
     out_dir: pathlib.Path = pathlib.Path("runs")
     """Parent directory of run directories."""
     run_name: str | None = None
@@ -307,6 +333,31 @@ def validate(config: ExperimentConfig) -> None:
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if len(set(config.track)) != len(config.track):
+        raise ConfigError(f"--track lists a backend twice: {list(config.track)}")
+    if "none" in config.track and len(config.track) > 1:
+        raise ConfigError(f"--track none means no tracking: it cannot be combined with others, got {list(config.track)}")
+    if config.devices is not None and config.devices < 1:
+        raise ConfigError(f"--devices must be at least 1 (or left out for all local devices), got {config.devices}")
+    explicit = {"--coordinator-address": config.coordinator_address, "--num-processes": config.num_processes,
+                "--process-id": config.process_id}
+    given = [flag for flag, value in explicit.items() if value is not None]
+    if given and len(given) < len(explicit) and not config.distributed:
+        missing = [flag for flag in explicit if flag not in given]
+        raise ConfigError(f"multi-host needs --coordinator-address, --num-processes and --process-id together "
+                          f"(got {', '.join(given)}; missing {', '.join(missing)}), or --distributed to let "
+                          "jax.distributed.initialize() detect the rest from the cluster")
+    if config.coordinator_address is not None:
+        host, _, port = config.coordinator_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--coordinator-address must be HOST:PORT, e.g. 10.0.0.1:1234, got "
+                              f"{config.coordinator_address!r}")
+    if config.num_processes is not None and config.num_processes < 1:
+        raise ConfigError(f"--num-processes must be at least 1, got {config.num_processes}")
+    if config.process_id is not None and (config.process_id < 0 or (
+            config.num_processes is not None and config.process_id >= config.num_processes)):
+        raise ConfigError(f"--process-id must be in 0 .. --num-processes - 1, got {config.process_id} "
+                          f"(--num-processes {config.num_processes})")
     if config.vlm.concurrency <= 0:
         raise ConfigError("--vlm.concurrency must be positive")
     if config.vlm.max_tokens < 1:

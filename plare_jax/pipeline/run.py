@@ -9,7 +9,9 @@ import shlex
 import shutil
 import sys
 
-from plare_jax import plotting, runs
+import jax
+
+from plare_jax import plotting, runs, sharding, tracking
 from plare_jax.interrupts import StopRequested, stop_on_signals
 from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.vlm import preflight
@@ -17,6 +19,8 @@ from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from
 from plare_jax.pipeline.data import prepare_task
 from plare_jax.pipeline.labels import choose_labeler, vlm_config
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
+from plare_jax.methods import get_method
+from plare_jax.methods.plare import PLARE
 from plare_jax.pipeline.train import train_seed
 
 RESUME_COMMAND = "python experiments/metaworld.py --resume {run_dir}"
@@ -35,7 +39,70 @@ def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
 
 
 # Options that say where a run lives or how it is executed, not what it computes.
-_LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers")
+_LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers", "track", "devices",
+                    "distributed", "coordinator_address", "num_processes", "process_id")
+# How this process takes part (devices, jax.distributed): always the command line's, on --resume too.
+_EXECUTION_FIELDS = ("devices", "distributed", "coordinator_address", "num_processes", "process_id")
+
+
+def _check_distributed(config: ExperimentConfig) -> None:
+    """jax.distributed is running when the options ask for it (experiments/metaworld.py starts it
+    before anything uses JAX: it cannot start later, once a backend exists)."""
+    asked = config.distributed or config.coordinator_address is not None
+    if not jax.distributed.is_initialized():
+        if asked:
+            raise ConfigError(
+                "--distributed/--coordinator-address: jax.distributed must start before JAX is first used "
+                "(importing plare_jax already uses it); run through experiments/metaworld.py, which starts "
+                "it first, or call jax.distributed.initialize() (with jax_cpu_collectives_implementation "
+                "'gloo' on CPU) before importing plare_jax")
+        return
+    if config.num_processes is not None and jax.process_count() != config.num_processes:
+        raise ConfigError(f"--num-processes {config.num_processes}, but jax.distributed runs "
+                          f"{jax.process_count()} processes")
+
+
+def _batch_sizes(config: ExperimentConfig) -> list[tuple[str, int]]:
+    """(option, value) of every batch that training splits over the data mesh."""
+    sizes = [("--bc-batch-size", config.bc_batch_size)]  # the shared BC phase, bc, sft, pbc
+    if any(isinstance(get_method(name), PLARE) for name in config.method):
+        sizes.append(("--batch-pairs", config.batch_pairs))
+    if "rlvlmf" in config.method:
+        sizes += [("--rlvlmf.batch-size", config.rlvlmf.batch_size),
+                  ("--rlvlmf.reward-batch-pairs", config.rlvlmf.reward_batch_pairs)]
+    return sizes
+
+
+def training_mesh(config: ExperimentConfig) -> jax.sharding.Mesh | None:
+    """The data mesh of --devices (every process's, multi-host), or None for one device in all.
+
+    Raises `ConfigError` before any work when jax.distributed is asked for but not running, when
+    --devices exceeds the local devices, or when a batch size does not split over the mesh.
+    """
+    _check_distributed(config)
+    try:
+        mesh = sharding.experiment_mesh(config.devices)
+    except ValueError as e:
+        raise ConfigError(f"--devices {config.devices}: {e}") from None
+    shards = sharding.num_data_shards(mesh)
+    processes = jax.process_count()
+    bad = [(flag, value) for flag, value in _batch_sizes(config) if value % shards]
+    if bad:
+        per_process = shards // processes
+        where = f"{shards} devices" + (f" ({processes} processes x {per_process})" if processes > 1 else "")
+        fitting = [k for k in range(1, jax.local_device_count() + 1)
+                   if all(value % (k * processes) == 0 for _, value in _batch_sizes(config))]
+
+        def multiples(value: int) -> str:
+            below = value // shards * shards
+            return f"{below} or {below + shards}" if below else f"{below + shards}"
+
+        problems = "; ".join(f"{flag} {value} (use a multiple of {shards}, e.g. {multiples(value)})"
+                             for flag, value in bad)
+        raise ConfigError(
+            f"the data mesh has {where} and every batch is split evenly over them, but {problems}"
+            + (f"; or choose --devices {' or '.join(map(str, fitting))}" if fitting else ""))
+    return mesh
 
 
 def check_same_experiment(run_dir: pathlib.Path, experiment: ExperimentConfig) -> None:
@@ -77,21 +144,33 @@ def run(config: ExperimentConfig) -> dict:
 
 
 def _run(config: ExperimentConfig, stop) -> dict:
+    execution = {name: getattr(config, name) for name in _EXECUTION_FIELDS}
     resume_dir = config.resume
     if resume_dir is not None:
+        track = config.track
         config = load_resumed_config(resume_dir)
+        if track:  # how a run is recorded may change on resume: --resume RUN --track ...
+            config = dataclasses.replace(config, track=track)
         print(f"resuming {resume_dir} with its stored config")
+        config = dataclasses.replace(config, **execution)
     # Everything that can be wrong with the options fails here, before any work.
     validate(config)
+    mesh = training_mesh(config)
+    # Multi-process: every process trains; process 0 alone writes the run directory, collects and
+    # labels (the others wait, then read its caches) and renders videos (runs.py: process-0 writes).
+    primary = sharding.is_primary()
     tasks = config.tasks  # raises UnknownTaskError
     runs.check_writable(config.cache_dir)
+    tracking.require(config.track)  # a missing tensorboardX/wandb fails here
     choice = choose_labeler(config)
     stop.check()
     if resume_dir is not None:
         run_dir = resume_dir
     else:
-        name = config.run_name or runs.default_run_name("-".join(config.env))
-        run_dir = runs.create_run_dir(config.out_dir / name, config)
+        # Process 0's name on every process (the default holds a timestamp).
+        name = sharding.broadcast_string(config.run_name or runs.default_run_name("-".join(config.env)))
+        run_dir = runs.create_run_dir(config.out_dir / name, config)  # process 0 creates it
+    sharding.barrier("run directory")
     print(f"run directory: {run_dir}")
     print(f"labeler: {choice.kind} ({choice.reason})")
 
@@ -102,19 +181,28 @@ def _run(config: ExperimentConfig, stop) -> dict:
             gpu_memory_utilization=config.vlm.gpu_memory_utilization,
             executable=config.vlm.executable, extra_args=shlex.split(config.vlm.serve_args),
             log_path=run_dir / "vllm.log")
-        if choice.launch else contextlib.nullcontext(choice.base_url))
+        if choice.launch and primary else contextlib.nullcontext(choice.base_url))
     task_summaries, seed_results = {}, {}
     training_started = False
+    tracker = tracking.Tracker()  # --track none: drops everything
     try:
         datas = {}
+        # The other processes read the data and labels process 0 cached, never collect again.
+        data_config = config if primary else dataclasses.replace(config, recollect=False)
         with launch_context as base_url:  # the VLM server lives only for the labeling stage
+            if not primary:
+                sharding.barrier("data stage")
             for task in tasks:
                 task_summaries[task] = {}
                 for data_seed in config.data_seeds:
-                    data = prepare_task(config, choice, task, data_seed, base_url,
+                    data = prepare_task(data_config, choice, task, data_seed, base_url,
                                         unit_dir(run_dir, task, data_seed), should_stop=stop)
                     datas[task, data_seed] = data
                     task_summaries[task][data_seed] = data.summary
+            if primary:
+                sharding.barrier("data stage")
+        tracker = tracking.open_tracker(config.track if primary else (), run_dir, config,  # process 0 writes
+                                        extra_config={"labeler": choice.kind})
         for task in tasks:
             seed_results[task] = {}
             for data_seed in config.data_seeds:
@@ -123,18 +211,21 @@ def _run(config: ExperimentConfig, stop) -> dict:
                     training_started = True
                     seed_results[task][data_seed, seed] = train_seed(
                         config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
-                        video_dir=run_dir / task if first_run and config.video else None,
-                        should_stop=stop)
+                        video_dir=run_dir / task if first_run and config.video and primary else None,
+                        should_stop=stop, tracker=tracker.unit(task, data_seed, seed), mesh=mesh)
                     results = summarize(config, choice.kind, choice.reason, task_summaries,
                                         seed_results)
                     runs.write_json_atomic(run_dir / "results.json", results)
                 del datas[task, data_seed]  # free device memory before the next one
-        plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
-                                      phase_switch_step=config.bc_steps)
+        if primary:
+            plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
+                                          phase_switch_step=config.bc_steps)
     except (StopRequested, KeyboardInterrupt) as stopped:
         code = stopped.exit_code if isinstance(stopped, StopRequested) else 130
+        _close_tracker(tracker, code)
         if not training_started and resume_dir is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if primary:
+                shutil.rmtree(run_dir, ignore_errors=True)
             print(f"\n{stopped or 'interrupted'} before training began: {run_dir} removed, nothing to resume "
                   "(collected data and labels stay cached: run the same command again)", file=sys.stderr)
         else:
@@ -142,12 +233,24 @@ def _run(config: ExperimentConfig, stop) -> dict:
                   + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)
         raise SystemExit(code) from None
     except BaseException:
-        if not training_started and resume_dir is None:
+        _close_tracker(tracker, 1)
+        if not training_started and resume_dir is None and primary:
             shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed leaves no orphan run directory
         raise
 
     table = format_table(results)
-    (run_dir / "summary.md").write_text(table + "\n")
+    if primary:
+        (run_dir / "summary.md").write_text(table + "\n")
     print("\n" + table)
+    tracker.log_results(results, table)
+    tracker.close()
     print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}")
     return results
+
+
+def _close_tracker(tracker: tracking.Tracker, exit_code: int) -> None:
+    """Close the tracker of a run that stopped or failed, without hiding why it did."""
+    try:
+        tracker.close(exit_code=exit_code)
+    except Exception as e:
+        print(f"warning: closing the --track backends failed: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plare_jax import checkpoint as ckpt
-from plare_jax import runs
+from plare_jax import runs, tracking
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.learner import LearnerConfig
 from plare_jax.methods import BC_PHASE, Method, PolicyFn, get_method
@@ -86,15 +86,25 @@ def metaworld_evaluator(config: ExperimentConfig, task: str, data_seed: int, see
 def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, *, branch: str,
                start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
                log: runs.MetricsLog, video_path: pathlib.Path | None = None,
-               evaluate_fn: EvaluateFn | None = None, should_stop: Callable[[], bool] | None = None):
+               evaluate_fn: EvaluateFn | None = None, should_stop: Callable[[], bool] | None = None,
+               tracker: tracking.UnitTracker | None = None, reported: bool = True,
+               mesh: jax.sharding.Mesh | None = None):
     """Train one branch (the shared BC phase, or a method) with evaluations and checkpoints.
+
+    `mesh`: the data mesh every update's batch is split over (`sharding.experiment_mesh`;
+    None: one device, no mesh).
+
+    `reported`: the branch's last evaluation is a method's reported result (final=True, with
+    --final-eval-episodes); the shared BC phase's is not.
 
     `video_path`: record the branch's final evaluation there (no extra evaluation episodes).
     `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
     Resumable: restores the branch's latest checkpoint and continues from there.
     `should_stop`: checked after every `metrics_every` updates and every evaluation step;
     when true, raises `StopRequested` (the last checkpoint is where a resume continues).
+    `tracker`: also gets every record the metrics log does (default: none, `--track none`).
     """
+    tracker = tracker or tracking.NO_TRACKING
     evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0), seed,
                                                      should_stop)
     manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
@@ -119,17 +129,21 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
             # steps, and a stop request is seen within one window instead of one chunk.
             for _ in range(chunk // config.metrics_every):
                 state, metrics = method.train(state, train_data, key, config.metrics_every,
-                                              metrics_every=config.metrics_every)
+                                              metrics_every=config.metrics_every, mesh=mesh)
                 metrics = jax.device_get(metrics)
                 step += config.metrics_every
-                log.append({"branch": branch, "step": step,
-                            **{k: float(np.asarray(v)[0]) for k, v in metrics.items()}})
+                record = {"branch": branch, "step": step,
+                          **{k: float(np.asarray(v)[0]) for k, v in metrics.items()}}
+                log.append(record)
+                tracker.record(record)
                 bar.update(config.metrics_every)
                 raise_if_stopped(should_stop)
             last = step == end_step
-            result = evaluate_fn(method.policy_fn(state), video_path if last else None, final=last)
+            result = evaluate_fn(method.policy_fn(state), video_path if last else None, final=last and reported)
             raise_if_stopped(should_stop)
-            log.append({"branch": branch, "step": step, "eval": True, **result})
+            record = {"branch": branch, "step": step, "eval": True, **result}
+            log.append(record)
+            tracker.record(record)
             bar.set_postfix({name: f"{value:.2f}" for name, value in result.items()
                              if isinstance(value, float)})
             ckpt.save_state(manager, state, force=True)
@@ -148,12 +162,14 @@ def method_evals(records: list[dict], method: Method) -> list[dict]:
 
 def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
                video_dir: pathlib.Path | None = None, evaluate_fn: EvaluateFn | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict:
+               should_stop: Callable[[], bool] | None = None,
+               tracker: tracking.UnitTracker | None = None,
+               mesh: jax.sharding.Mesh | None = None) -> dict:
     """The shared BC phase (if any method continues it), then each method; per-method results.
 
     `video_dir`: write a video of each method's final evaluation there (one run per task does).
     `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
-    `should_stop`: see `run_branch`.
+    `should_stop`, `tracker`, `mesh`: see `run_branch` (every branch trains on `mesh`).
     """
     evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0), seed,
                                                      should_stop)
@@ -172,7 +188,8 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         bc_state = BC_PHASE.create(jax.random.key(seed), policy_config, data.training, init=None)
         bc_state = run_branch(config, data, BC_PHASE, bc_state, branch=SHARED_BC_BRANCH, start_step=0,
                               num_steps=config.bc_steps, seed=seed, unit_dir=unit_dir, log=log,
-                              evaluate_fn=evaluate_fn, should_stop=should_stop)
+                              evaluate_fn=evaluate_fn, should_stop=should_stop, tracker=tracker,
+                              reported=False, mesh=mesh)
         timings["shared_bc_phase_s"] = time.perf_counter() - t0
 
     results = {}
@@ -188,7 +205,8 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
         video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
         state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
                            num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
-                           video_path=video_path, evaluate_fn=evaluate_fn, should_stop=should_stop)
+                           video_path=video_path, evaluate_fn=evaluate_fn, should_stop=should_stop,
+                           tracker=tracker, mesh=mesh)
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         evals = method_evals(log.read(), method)
         if evals:
