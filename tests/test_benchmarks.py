@@ -242,3 +242,60 @@ def test_calibrate_data_tiny(tmp_path):
     assert first["data_success"]["misperceived"]["episodes"] == 2 and first["data_success"]["plain"]["episodes"] == 0
     assert set(first["bc_success"]) == {"0"} and 0.0 <= first["bc_success"]["0"] <= 1.0
     assert second["data_success"]["plain"]["episodes"] == 2 and second["bc_success"] == {}
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_writes_one_json_with_training_seeds_and_projection(tmp_path):
+    """benchmarks/gpu_check.sh --tiny: the GPU check's every step at tiny sizes on CPU, merged into one JSON."""
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "unused")}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"gpu_check.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    payload = json.loads(out.read_text())
+    assert not (tmp_path / "unused").exists()  # the path argument wins over $OUT
+    assert payload["tiny"] is True and payload["device"]["platform"] == "cpu"
+    assert set(payload["steps"]) == {"training", "seeds", "seeds_bc"}
+    assert all(s["exit_status"] == 0 for s in payload["steps"].values())
+
+    training = payload["training"]["rows"]
+    jax_rows = [r for r in training if r["kind"] == "update" and r["impl"] == "jax"]
+    assert [r["preset"] for r in jax_rows] == ["reference"] and jax_rows[0]["steps_per_s"] > 0  # tiny: first preset
+    assert all(r["gflops"] > 0 for r in training if r["kind"] == "peak")
+    torch_rows = [r for r in training if r["impl"].startswith("torch")]
+    if _has("torch"):
+        assert torch_rows and all(r["steps_per_s"] > 0 for r in torch_rows)
+    else:
+        assert not torch_rows and any("torch is not importable" in n for n in payload["notes"])
+
+    def rows(section, phase):
+        got = {(r["mode"], r["seeds"]): r for r in payload[section]["rows"]}
+        assert all(r["phase"] == phase and r["preset"] == "reference" for r in got.values())
+        return got
+
+    cpl, bc = rows("seeds", "cpl"), rows("seeds_bc", "bc")
+    assert set(cpl) == {(m, n) for m in ("sequential", "batched") for n in (1, 8, 64)}
+    assert set(bc) == {(m, n) for m in ("sequential", "batched") for n in (1, 64)}
+    for (mode, n), r in [*cpl.items(), *bc.items()]:
+        assert r["steps_per_s_per_seed"] > 0 and r["device_kind"]
+        assert r["seed_steps_per_s"] == pytest.approx(n * r["steps_per_s_per_seed"])
+        assert r["calls_per_round"] == (1 if mode == "batched" else n)
+        assert r["busy"] == (r["others_cpu_share"] > 0.05) and r["busy_mark"] in ("BUSY", "quiet")
+        assert r["runs_per_hour"] == pytest.approx(r["seed_steps_per_s"] * 3600 / 500_000)
+    for n in (1, 8, 64):
+        assert cpl[("batched", n)]["batched_vs_sequential"] == pytest.approx(
+            cpl[("batched", n)]["seed_steps_per_s"] / cpl[("sequential", n)]["seed_steps_per_s"])
+
+    projection = payload["projection"]
+    assert projection["schedule"] == {"bc_steps": 200_000, "cpl_steps": 300_000}
+    runs = {(r["mode"], r["seeds"]): r for r in projection["runs"]}
+    assert set(runs) == set(bc)
+    for key, r in runs.items():
+        expected = (200_000 / bc[key]["steps_per_s_per_seed"] + 300_000 / cpl[key]["steps_per_s_per_seed"]) / 3600
+        assert r["wall_hours_all_seeds"] == pytest.approx(expected) and expected > 0
+    assert projection["wall_hours_one_seed"] == runs[("sequential", 1)]["wall_hours_all_seeds"]
+    assert projection["from_training_benchmark"]["wall_hours_one_seed"] == pytest.approx(
+        500_000 / jax_rows[0]["steps_per_s"] / 3600)
+    assert "seed-steps/s" in proc.stdout and "paper preset, 64 seed(s) batched" in proc.stdout
