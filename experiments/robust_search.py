@@ -97,7 +97,9 @@ def search(config: SearchConfig) -> dict:
     if reported:
         raise ConfigError(f"--data-seeds {reported}: only development data seeds {list(DEVELOPMENT_DATA_SEEDS)} "
                           "may be searched; data seeds 3+ are for reported results")
-    base = dataclasses.replace(config.experiment, labeler="scripted")
+    # plare-robust itself is not run here: pin its options so that the choice this search informs
+    # (methods.plare.ROBUST) never makes an existing search look like another experiment.
+    base = dataclasses.replace(config.experiment, labeler="scripted", plare_robust=CPLOptions())
     validate(base)
     search_dir = base.out_dir / config.name
     search_dir.mkdir(parents=True, exist_ok=True)
