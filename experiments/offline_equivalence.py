@@ -76,6 +76,7 @@ def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.data.recorded import load_recorded, recorded_pair_images
     from plare_jax.envs.collect import CollectionConfig, collect_dataset
     from plare_jax.envs.evaluate import evaluate_policy
+    from plare_jax.pipeline.train import evaluation_seed
     from plare_jax.envs.export import export_metaworld
     from plare_jax.envs.render import RenderConfig, render_pair_images
     from plare_jax.export import load_policy
@@ -100,7 +101,8 @@ def main(cfg: EquivalenceConfig) -> dict:
     t0 = time.perf_counter()
     mw_config = ExperimentConfig(env=(cfg.env,), num_episodes=cfg.num_episodes,
                                  collection_horizon=cfg.collection_horizon, data_seeds=(0,),
-                                 eval_episodes=cfg.eval_episodes, video=False, run_name="metaworld",
+                                 eval_episodes=cfg.eval_episodes, final_eval_episodes=cfg.eval_episodes,
+                                 video=False, run_name="metaworld",
                                  workers=cfg.workers, **shared)
     mw_results = run_metaworld(mw_config)
     timings["metaworld_path_s"] = time.perf_counter() - t0
@@ -156,8 +158,10 @@ def main(cfg: EquivalenceConfig) -> dict:
     evaluation = {}
     for method in methods:
         policy = load_policy(cfg.out_dir / "recorded" / f"seed{cfg.seed}" / "export" / method / "policy.npz")
-        result = evaluate_policy(task, policy.act, num_episodes=cfg.eval_episodes, horizon=250,
-                                 seed=10_000 + cfg.seed, workers=cfg.workers, progress=False)
+        # The episodes the MetaWorld path's reported evaluation ran (its layout stream and count).
+        result = evaluate_policy(task, policy.act, num_episodes=mw_config.final_eval_episodes,
+                                 horizon=mw_config.eval_horizon, seed=evaluation_seed(0, cfg.seed),
+                                 workers=cfg.workers, progress=False)
         mw_final = mw_results["tasks"][task]["methods"][method]["runs"][0]
         evaluation[method] = {"exported_policy_success": result.success_rate,
                               "metaworld_path_success": mw_final["success_rate"],
