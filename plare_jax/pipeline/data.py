@@ -11,8 +11,9 @@ import numpy as np
 
 from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs
-from plare_jax.labeling.base import FIRST, UNSURE, PairBatch, preferences_to_targets
+from plare_jax.labeling.base import PairBatch, preferences_to_targets
 from plare_jax.labeling.coverage import check_label_coverage
+from plare_jax.labeling.noise import label_agreement
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.methods.base import TrainingData
@@ -98,10 +99,8 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
     report = labeling_report(preferences, oracle.preferences, stats)
     # Every run reports how its labels lean, whoever made them: a position-biased labeller shows
     # up as a first-answer share far from the teacher's.
-    sure = preferences != UNSURE
-    report["first_share"] = float((preferences[sure] == FIRST).mean()) if sure.any() else None
-    report["teacher_first_share"] = float((oracle.preferences[oracle.preferences != UNSURE] == FIRST).mean()) \
-        if (oracle.preferences != UNSURE).any() else None
+    report["first_share"] = label_agreement(preferences, oracle.preferences)["first_share"]
+    report["teacher_first_share"] = label_agreement(oracle.preferences, oracle.preferences)["first_share"]
     if choice.kind == "scripted":
         report.update({key: stats.get(key) for key in ("noise_model", "flipped", "made_unsure")})
         level = stats.get("noise_level")
