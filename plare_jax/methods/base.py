@@ -161,6 +161,10 @@ class Method(Protocol):
         """Deterministic policy for evaluation: observations [B, O] -> actions [B, A] (numpy)."""
         ...
 
+    def policy_params(self, state: Any) -> Any:
+        """The `PolicyMLP` parameters `policy_fn` evaluates (what policy export writes)."""
+        ...
+
     def report(self, state: Any, data: TrainingData) -> dict:
         """Extra numbers for results.json (e.g. a reward model's training accuracy); may be {}."""
         ...

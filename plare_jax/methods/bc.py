@@ -41,6 +41,9 @@ class BC:
     def policy_fn(self, state: LearnerState) -> PolicyFn:
         return learner.make_policy_fn(state)
 
+    def policy_params(self, state: LearnerState):
+        return state.params
+
     def report(self, state: LearnerState, data: TrainingData) -> dict:
         return {}
 

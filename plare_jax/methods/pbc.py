@@ -96,6 +96,9 @@ class PBC:
     def policy_fn(self, state: PBCState) -> PolicyFn:
         return learner.make_policy_fn(state.policy)
 
+    def policy_params(self, state: PBCState):
+        return state.policy.params
+
     def report(self, state: PBCState, data: TrainingData) -> dict:
         rows, episodes = top_episode_rows(data, state.config.top_fraction)
         return {"oracle": True, "cloned_episodes": int(episodes.size), "cloned_rows": int(rows.size),

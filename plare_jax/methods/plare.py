@@ -207,6 +207,10 @@ class PLARE:
             return learner.policy_fn_from_params(state.learner.graphdef, state.best_params)
         return learner.make_policy_fn(state)
 
+    def policy_params(self, state):
+        # The selecting variant reports (and so exports) the selected parameters, not the last.
+        return state.best_params if isinstance(state, SelectingState) else state.params
+
     def report(self, state, data: TrainingData) -> dict:
         out = {"trained_pairs": data.num_trained_pairs, "labelled_pairs": data.num_pairs}
         if isinstance(state, SelectingState):

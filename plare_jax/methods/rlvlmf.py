@@ -606,6 +606,9 @@ class RLVLMF:
     def policy_fn(self, state: RLVLMFState) -> PolicyFn:
         return learner.policy_fn_from_params(state.actor_graphdef, state.actor_params)
 
+    def policy_params(self, state: RLVLMFState):
+        return state.actor_params
+
     def report(self, state: RLVLMFState, data: TrainingData) -> dict:
         """The reward model's fit to its training pairs (every labelled pair: no held-out split),
         step counts and wall times, and how many of the data's transitions have their advantage

@@ -65,6 +65,9 @@ class SFT:
     def policy_fn(self, state: LearnerState) -> PolicyFn:
         return learner.make_policy_fn(state)
 
+    def policy_params(self, state: LearnerState):
+        return state.params
+
     def report(self, state: LearnerState, data: TrainingData) -> dict:
         confident = (data.weights > 0) & ((data.labels == 0.0) | (data.labels == 1.0))
         return {"cloned_pairs": int(confident.sum()), "cloned_rows": int(preferred_segment_rows(data).shape[0])}

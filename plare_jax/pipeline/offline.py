@@ -453,22 +453,6 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
         manager.close()
 
 
-def policy_params(state):
-    """The `PolicyMLP` parameters of a method's state (what `export_policy` writes).
-
-    Methods keep their actor in different places: `LearnerState.params` (plare, bc, sft),
-    `.policy.params` (pbc), `.actor_params` (rlvlmf).
-    """
-    if hasattr(state, "actor_params"):
-        return state.actor_params
-    if hasattr(state, "policy") and hasattr(state.policy, "params"):
-        return state.policy.params
-    if hasattr(state, "params"):
-        return state.params
-    raise TypeError(f"cannot find the policy parameters of a {type(state).__name__}; give the method's state "
-                    "an actor_params, policy.params or params field")
-
-
 def run_offline(config: OfflineConfig) -> dict:
     """Checks, labels, trains, evaluates and exports; returns results.json's content."""
     dataset, text, choice = check_inputs(config)  # every input error surfaces here
@@ -504,7 +488,7 @@ def run_offline(config: OfflineConfig) -> dict:
                     curves[metric][method_name].append(
                         [(r["step"], r[key]) for r in evals if r.get(key) is not None])
             state = restore_final_state(config, prepared, method_name, seed, unit)
-            path = export_policy(policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
+            path = export_policy(get_method(method_name).policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
                 "task_text": text, "method": method_name, "seed": seed,
                 "observation_names": dataset.card.get("observation_names"),
                 "action_names": dataset.card.get("action_names"),
