@@ -24,7 +24,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import tyro  # noqa: E402
 
-from plare_jax.data.recorded import RecordedDataError, load_recorded  # noqa: E402
+from plare_jax.data.recorded import load_recorded  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +150,7 @@ def parse_args(argv: list[str] | None = None) -> Command:
 
 def cli(argv: list[str] | None = None) -> int:
     command = parse_args(argv)
-    try:
-        main(command)
-    except (RecordedDataError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_on_user_error(lambda: main(command))
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ import tyro  # noqa: E402
 
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax import plotting, runs  # noqa: E402
-from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.results import protocol_difference  # noqa: E402
 from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
     ExperimentConfig(), env=("sweep-into",), method=("plare", "rlvlmf", "sft", "bc"), seeds=(0, 1, 2),
@@ -177,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> LabelNoiseConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
+
+    def main():
         if config.combine:
             if config.figure is None:
                 raise ConfigError("--combine needs --figure PATH (the PNG to write)")
@@ -186,10 +187,8 @@ def cli(argv: list[str] | None = None) -> int:
             raise ConfigError("--figure goes with --combine; a sweep writes label_noise.png in its folder")
         else:
             run_sweep(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_on_user_error(main)
 
 
 if __name__ == "__main__":

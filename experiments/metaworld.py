@@ -79,16 +79,10 @@ import dataclasses  # noqa: E402
 import tyro  # noqa: E402
 
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
-from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
-from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
-from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
-from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
-from plare_jax import runs  # noqa: E402
-from plare_jax.data.dataset import DatasetError  # noqa: E402
-from plare_jax.labeling.store import LabelStoreError  # noqa: E402
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions  # noqa: E402,F401
+from plare_jax.pipeline.config import ExperimentConfig  # noqa: E402
 from plare_jax.pipeline.run import run  # noqa: E402
 from plare_jax.methods import rlvlmf  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 QUICK = ExperimentConfig()
 
@@ -129,17 +123,7 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        run(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
-            LabelStoreError, vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"error: {e}. Run the same command with --recollect to collect the data again "
-              "(the broken file is replaced).", file=sys.stderr)
-        return 2
-    return 0
+    return exit_on_user_error(lambda: run(config))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ import tyro  # noqa: E402
 
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax import plotting, runs, stats  # noqa: E402
-from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.labeling.noise import NOISE_MODELS  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
     ExperimentConfig(), env=("sweep-into", "door-open", "plate-slide", "drawer-open"),
@@ -164,12 +164,7 @@ def parse_args(argv: list[str] | None = None) -> NoiseRobustnessConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        run_sweep(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_on_user_error(lambda: run_sweep(config))
 
 
 if __name__ == "__main__":

@@ -25,13 +25,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import tyro  # noqa: E402
 
-from plare_jax import runs  # noqa: E402
-from plare_jax.data.recorded import RecordedDataError  # noqa: E402
-from plare_jax.labeling import launcher as vllm_launcher  # noqa: E402
-from plare_jax.labeling.coverage import LabelCoverageError  # noqa: E402
-from plare_jax.labeling.vlm import VLMEndpointError  # noqa: E402
-from plare_jax.pipeline.config import ConfigError  # noqa: E402
 from plare_jax.pipeline.offline import OfflineConfig, run_offline  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> OfflineConfig:
@@ -41,13 +36,7 @@ def parse_args(argv: list[str] | None = None) -> OfflineConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        run_offline(config)
-    except (ConfigError, RecordedDataError, runs.RunDirError, VLMEndpointError, LabelCoverageError,
-            vllm_launcher.VLLMNotFoundError, vllm_launcher.VLLMLaunchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_on_user_error(lambda: run_offline(config))
 
 
 if __name__ == "__main__":

@@ -29,11 +29,11 @@ import tyro  # noqa: E402
 
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax import runs  # noqa: E402
-from plare_jax.envs.tasks import UnknownTaskError  # noqa: E402
 from plare_jax.methods import METHODS  # noqa: E402
 from plare_jax.methods.plare import PLARE, CPLOptions  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
+from plare_jax.errors import exit_on_user_error  # noqa: E402
 
 DEVELOPMENT_DATA_SEEDS = (0, 1, 2)
 
@@ -149,12 +149,7 @@ def parse_args(argv: list[str] | None = None) -> SearchConfig:
 
 def cli(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        search(config)
-    except (ConfigError, UnknownTaskError, runs.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_on_user_error(lambda: search(config))
 
 
 if __name__ == "__main__":

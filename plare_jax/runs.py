@@ -25,6 +25,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 from plare_jax.sharding import is_primary
+from plare_jax.errors import PlareError
 
 TRACKED_PACKAGES = (
     "plare-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
@@ -32,7 +33,7 @@ TRACKED_PACKAGES = (
 )
 
 
-class RunDirError(RuntimeError):
+class RunDirError(PlareError, RuntimeError):
     """The run directory cannot be created, resumed or written."""
 
 

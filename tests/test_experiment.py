@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from plare_jax.pipeline.config import VLMOptions
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "metaworld.py"
 
@@ -49,7 +51,7 @@ def test_help_lists_every_option(tmp_path):
         if field.name == "vlm":
             continue
         assert f"--{field.name.replace('_', '-')}" in proc.stdout, field.name
-    for field in dataclasses.fields(module.VLMOptions):
+    for field in dataclasses.fields(VLMOptions):
         assert f"--vlm.{field.name.replace('_', '-')}" in proc.stdout, field.name
     assert "paper" in proc.stdout and "quick" in proc.stdout
 

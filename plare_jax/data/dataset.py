@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from plare_jax.errors import PlareError
 
 FORMAT_VERSION = 1
 OBS_DIM = 39
@@ -41,7 +42,7 @@ def episode_lengths(episode_ids: np.ndarray, num_episodes: int) -> np.ndarray:
     return np.bincount(episode_ids, minlength=num_episodes).astype(np.int64)
 
 
-class DatasetError(ValueError):
+class DatasetError(PlareError, ValueError):
     """A dataset that is malformed, corrupt, or not the one that was asked for.
 
     Attributes:

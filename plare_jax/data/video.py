@@ -11,9 +11,10 @@ from collections.abc import Iterable
 
 import imageio_ffmpeg
 import numpy as np
+from plare_jax.errors import PlareError
 
 
-class VideoError(ValueError):
+class VideoError(PlareError, ValueError):
     """A video that cannot be read, or has fewer frames than asked for."""
 
 

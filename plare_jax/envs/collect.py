@@ -306,6 +306,10 @@ def _collect_chunk(args: tuple[CollectionConfig, list[int]]) -> tuple[list[int],
     return indices, _collect_episodes(config, indices)
 
 
+_RECOLLECT_HINT = ("Run the same command with --recollect to collect the data again (the broken file "
+                   "is replaced)")
+
+
 def collect_dataset(
     config: CollectionConfig,
     *,
@@ -339,9 +343,9 @@ def collect_dataset(
         try:
             ds = load_dataset(path, expect_task=config.task_id)
         except DatasetError as e:
-            raise DatasetError(f"the cached dataset cannot be used: {e}", path) from e
+            raise DatasetError(f"the cached dataset cannot be used: {e}. {_RECOLLECT_HINT}", path) from e
         if ds.card.get("config_hash") != key:
-            raise DatasetError(f"the cached dataset {path} was written for another config", path)
+            raise DatasetError(f"the cached dataset {path} was written for another config. {_RECOLLECT_HINT}", path)
         return ds
 
     workers = min(workers or os.cpu_count() or 1, config.num_episodes)

@@ -22,6 +22,7 @@ from plare_jax.data.dataset import OfflineDataset
 from plare_jax.data.video import write_video
 from plare_jax.envs.render import RenderConfig, iter_rendered_episodes
 from plare_jax.envs.sim import TaskEnv
+from plare_jax.errors import OutputExistsError
 
 # MetaWorld v3's 39-dim observation and 4-dim action, named for the card.
 _HALF = ["hand_x", "hand_y", "hand_z", "gripper_distance",
@@ -64,7 +65,7 @@ def export_metaworld(
     root = Path(root)
     if root.exists():
         if not overwrite:
-            raise FileExistsError(f"{root} exists; choose another output directory or pass overwrite")
+            raise OutputExistsError(f"{root} exists; choose another output directory or pass overwrite")
         shutil.rmtree(root)
     root.mkdir(parents=True)
     camera = render_config.camera

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from plare_jax.errors import PlareError
 
 _SUFFIX = "-v3"
 
@@ -12,7 +13,7 @@ ALL_TASKS: tuple[str, ...] = tuple(sorted(name.removesuffix(_SUFFIX) for name in
 """Short names of every MetaWorld v3 task, e.g. "sweep-into"."""
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(PlareError, ValueError):
     """A task name that is not a MetaWorld v3 task."""
 
 

@@ -8,11 +8,12 @@ behaviour-cloning policy as PLARE; this gate turns that into a clear error inste
 from __future__ import annotations
 
 from plare_jax.labeling.base import PAIR_FAILED, PAIR_MALFORMED, LabelResult
+from plare_jax.errors import PlareError
 
 DEFAULT_MAX_UNLABELED_FRACTION = 0.1
 
 
-class LabelCoverageError(RuntimeError):
+class LabelCoverageError(PlareError, RuntimeError):
     """Too many pairs have no label (failed or malformed answers) to train on them."""
 
     def __init__(self, message: str, counts: dict):

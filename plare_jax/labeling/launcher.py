@@ -21,15 +21,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from plare_jax.errors import PlareError
 
 INSTALL_HINT = 'pip install "plare-jax[vlm]"  (vLLM needs a CUDA GPU)'
 
 
-class VLLMNotFoundError(RuntimeError):
+class VLLMNotFoundError(PlareError, RuntimeError):
     """No `vllm` executable on PATH (or at the given path)."""
 
 
-class VLLMLaunchError(RuntimeError):
+class VLLMLaunchError(PlareError, RuntimeError):
     """`vllm serve` died or did not become healthy in time."""
 
 
@@ -133,8 +134,9 @@ def launch_vllm(
     exe = find_vllm(executable)
     if exe is None:
         where = "on PATH" if executable == "vllm" else f"at {executable!r} (not an executable file)"
-        raise VLLMNotFoundError(f"no `vllm` executable {where}; install it with: {INSTALL_HINT}, or point "
-                                "VLMConfig.base_url at a running OpenAI-compatible server.")  # fmt: skip
+        raise VLLMNotFoundError(f"no `vllm` executable {where}; install it with: {INSTALL_HINT}, pass "
+                                "--vlm.executable PATH of another build, or pass --vlm.base-url URL of a "
+                                "running OpenAI-compatible server (VLMConfig.base_url in Python).")  # fmt: skip
     port = free_port()
     cmd = [
         exe, "serve", model,

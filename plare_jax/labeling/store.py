@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from plare_jax.labeling.answers import storable_text
+from plare_jax.errors import PlareError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -51,7 +52,7 @@ RECORD_FIELDS = (
 )
 
 
-class LabelStoreError(RuntimeError):
+class LabelStoreError(PlareError, RuntimeError):
     """The label store file cannot be used: not a SQLite database, corrupt, or another schema.
 
     Attributes:

@@ -63,6 +63,7 @@ from plare_jax.labeling.base import (
     PairBatch,
 )
 from plare_jax.labeling.store import LabelStore, label_key
+from plare_jax.errors import PlareError
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ _CONFIG_ERROR_RE = re.compile(
 )
 
 
-class VLMEndpointError(RuntimeError):
+class VLMEndpointError(PlareError, RuntimeError):
     """The VLM server cannot be used: unreachable, wrong model, or rejected credentials."""
 
 
@@ -168,8 +169,8 @@ class VLMConfig:
         url = self.base_url or os.environ.get(BASE_URL_ENV)
         if not url:
             raise ValueError(
-                f"no VLM endpoint: set VLMConfig.base_url (e.g. http://127.0.0.1:8000/v1) or the {BASE_URL_ENV} "
-                "environment variable, or start a local server with plare_jax.labeling.launcher.launch_vllm."
+                f"no VLM endpoint: pass --vlm.base-url URL (e.g. http://127.0.0.1:8000/v1; VLMConfig.base_url in "
+                f"Python) or set the {BASE_URL_ENV} environment variable, or start a local server with --vlm.launch."
             )
         return url.rstrip("/")
 
@@ -441,8 +442,8 @@ def _no_answer_hint(reply: _Reply) -> str:
     if not reply.reasoning:
         return "(an empty answer)"
     if reply.finish_reason == "length":
-        return ("(the reply was all reasoning and stopped at max_tokens: raise VLMConfig.max_tokens / "
-                "--vlm.max-tokens so the model can finish thinking and answer)")  # fmt: skip
+        return ("(the reply was all reasoning and stopped at max_tokens: raise --vlm.max-tokens "
+                "(VLMConfig.max_tokens) so the model can finish thinking and answer)")  # fmt: skip
     return "(the reply was all reasoning, with no answer after it)"
 
 
@@ -881,4 +882,5 @@ def check_endpoint(config: VLMConfig, *, timeout_s: float = 10.0) -> None:
     finally:
         client.close()
     if config.model not in served:
-        raise VLMEndpointError(f"{url} does not serve model {config.model!r}; it serves {served}. Set VLMConfig.model.")
+        raise VLMEndpointError(f"{url} does not serve model {config.model!r}; it serves {served}. "
+                               "Pass --vlm.model NAME (VLMConfig.model) with one of those.")

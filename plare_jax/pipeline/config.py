@@ -19,13 +19,14 @@ from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
 from plare_jax.methods.plare import ROBUST, CPLOptions
 from plare_jax.labeling.noise import NOISE_MODELS, TeacherNoise
+from plare_jax.errors import PlareError
 
 # `--method` choices, from the registry (adding a method there adds it here).
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 TeacherNoiseName = Literal[tuple(NOISE_MODELS)]  # type: ignore[valid-type]
 
 
-class ConfigError(ValueError):
+class ConfigError(PlareError, ValueError):
     """An option value that cannot work; raised before any work is done."""
 
 

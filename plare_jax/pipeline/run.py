@@ -14,10 +14,9 @@ import jax
 from plare_jax import plotting, runs, sharding, tracking
 from plare_jax.interrupts import StopRequested, stop_on_signals
 from plare_jax.labeling import launcher as vllm_launcher
-from plare_jax.labeling.vlm import preflight
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from_dict, validate
 from plare_jax.pipeline.data import prepare_task
-from plare_jax.pipeline.labels import choose_labeler, vlm_config
+from plare_jax.pipeline.labels import choose_labeler
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.methods import get_method
 from plare_jax.methods.plare import PLARE

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import re
 from types import ModuleType
+from plare_jax.errors import PlareError
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(PlareError, ImportError):
     """An importer's optional dependency is not installed."""
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from plare_jax.data import recorded
 from plare_jax.data.importers._common import camera_name, require
 from plare_jax.data.recorded import RecordedDataError
+from plare_jax.errors import OutputExistsError
 
 
 def import_lerobot(
@@ -85,7 +86,7 @@ def import_lerobot(
     if len(set(names.values())) != len(names):
         raise RecordedDataError(f"{src}: cameras {cameras} give clashing names {list(names.values())}")
     if dst.exists():
-        raise FileExistsError(f"{dst} exists; choose a new output directory")
+        raise OutputExistsError(f"{dst} exists; choose a new output directory")
 
     files = sorted((src / "data").rglob("*.parquet"))
     if not files:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from plare_jax.data import recorded
 from plare_jax.data.importers._common import camera_name, require
 from plare_jax.data.recorded import RecordedDataError
+from plare_jax.errors import OutputExistsError
 
 SUCCESS_INFO_KEYS = ("success", "is_success")
 
@@ -64,7 +65,7 @@ def import_minari(
     minari = require("minari", importer="Minari")
     dst = Path(dst)
     if dst.exists():
-        raise FileExistsError(f"{dst} exists; choose a new output directory")
+        raise OutputExistsError(f"{dst} exists; choose a new output directory")
     source = Path(dataset)
     try:
         if source.is_dir():
