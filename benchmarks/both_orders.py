@@ -44,7 +44,7 @@ import tyro
 from benchmarks.common import default_out, machine_info, markdown_table, write_json
 from benchmarks.vlm_fuzz import intended_labels, make_pairs
 from plare_jax.labeling.base import PAIR_FAILED, PAIR_MALFORMED, UNSURE, PairBatch
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMConfig, VLMLabeler
 

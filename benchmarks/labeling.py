@@ -105,7 +105,7 @@ class LabelingBenchConfig:
 
 def _test_images(n: int, px: int, seed: int) -> list[tuple[bytes, bytes]]:
     """n distinct pairs of uniform grey PNGs (distinct so the labeler's de-duplication does not skip any)."""
-    from plare_jax.labeling.loopback_server import brightness_png
+    from plare_jax.testing.loopback_server import brightness_png
 
     rng = np.random.default_rng(seed)
     levels = rng.permutation(256 * 256)[:n]
@@ -119,7 +119,7 @@ def loopback_server_process(latency_s: float, model: str):
     from plare_jax.labeling.launcher import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "plare_jax.labeling.loopback_server", "--port", str(port),
+    cmd = [sys.executable, "-m", "plare_jax.testing.loopback_server", "--port", str(port),
            "--latency-s", str(latency_s), "--model", model]  # fmt: skip
     proc = subprocess.Popen(cmd, env=python_env_with_repo(), stdout=subprocess.DEVNULL)
     try:

@@ -1,6 +1,6 @@
 """Fuzzing the VLM labeler: a loopback server answers a share of its requests with faults.
 
-The server (plare_jax.labeling.loopback_server, fuzz mode) draws each faulty request's
+The server (plare_jax.testing.loopback_server, fuzz mode) draws each faulty request's
 fault from: HTTP 5xx/429, dropped connections, random bytes, invalid UTF-8, truncated
 JSON, huge bodies, empty choices, null content, wrong JSON types, bodies trickling past
 the client's deadline, stalled bodies, Unicode digits and minus signs, lone surrogates,
@@ -27,7 +27,7 @@ import numpy as np
 import tyro
 
 from plare_jax.labeling.base import PAIR_STATUSES, UNSURE, PairBatch
-from plare_jax.labeling.loopback_server import (
+from plare_jax.testing.loopback_server import (
     FAULT_KINDS,
     LoopbackBehavior,
     LoopbackVLMServer,

@@ -169,7 +169,7 @@ def test_resume_continues_an_interrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_vlm_pipeline_against_loopback_server(tmp_path):
-    from plare_jax.labeling.loopback_server import LoopbackVLMServer
+    from plare_jax.testing.loopback_server import LoopbackVLMServer
 
     with LoopbackVLMServer() as server:
         args = [*TINY, "--labeler", "vlm", "--vlm.base-url", server.base_url, "--run-name", "vlm", "--out-dir", str(tmp_path / "runs"),
@@ -270,7 +270,7 @@ def test_corrupt_cached_dataset_is_a_short_error_and_recollect_repairs_it(tmp_pa
 
 @pytest.mark.slow
 def test_corrupt_label_store_is_a_short_error_before_training(tmp_path):
-    from plare_jax.labeling.loopback_server import LoopbackVLMServer
+    from plare_jax.testing.loopback_server import LoopbackVLMServer
 
     store = tmp_path / "cache" / "labels.sqlite"
     store.parent.mkdir(parents=True)

@@ -18,7 +18,7 @@ from PIL import Image
 from plare_jax.data.segments import sample_segment_pairs
 from plare_jax.envs.collect import CollectionConfig, collect_dataset
 from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer
 from plare_jax.pipeline.config import ExperimentConfig, VLMOptions
 from plare_jax.pipeline.data import prepare_task
 from plare_jax.pipeline.labels import LabelerChoice

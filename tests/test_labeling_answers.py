@@ -6,7 +6,7 @@ import pytest
 
 from plare_jax.labeling import parse_choice  # the one the labeler uses
 from plare_jax.labeling.answers import normalize_answer, split_reasoning, storable_text
-from plare_jax.labeling.loopback_server import UNICODE_SPELLINGS
+from plare_jax.testing.loopback_server import UNICODE_SPELLINGS
 
 DASHES = ["\u2212", "\u2012", "\u2013", "\u2014", "\u2015", "\ufe63", "\uff0d", "\u2010", "\u2011", "\u207b", "\u2796", "\ufe58"]
 

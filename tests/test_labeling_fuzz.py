@@ -7,7 +7,7 @@ the server's intended answer, whatever mix of broken bodies and odd answers it g
 import pytest
 
 from benchmarks.vlm_fuzz import FuzzConfig, confident_mismatches, run_fuzz
-from plare_jax.labeling.loopback_server import FAULT_KINDS
+from plare_jax.testing.loopback_server import FAULT_KINDS
 
 
 @pytest.mark.slow

@@ -2,9 +2,6 @@
 
 import json
 import os
-import stat
-import sys
-import textwrap
 import time
 import urllib.request
 
@@ -13,48 +10,15 @@ import pytest
 
 from plare_jax.labeling import PairBatch, VLMConfig, VLMLabeler, check_endpoint
 from plare_jax.labeling.launcher import VLLMLaunchError, VLLMNotFoundError, launch_vllm, local_gpu_available
-from plare_jax.labeling.loopback_server import brightness_png
+from plare_jax.testing.fake_vllm import write_fake_vllm
+from plare_jax.testing.loopback_server import brightness_png
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "fake/vlm"
-
-FAKE_VLLM = textwrap.dedent(
-    """\
-    #!{python}
-    # A stand-in for `vllm serve MODEL --port N ...`: records its argv and pid, then
-    # behaves as FAKE_VLLM_MODE says: serve (the loopback server), die, hang, or stubborn.
-    import json, os, signal, sys, time
-    sys.path.insert(0, {repo!r})
-    args = sys.argv[1:]
-    with open(os.environ["FAKE_VLLM_RECORD"], "w") as f:
-        json.dump({{"argv": args, "pid": os.getpid()}}, f)
-    mode = os.environ.get("FAKE_VLLM_MODE", "serve")
-    if mode == "die":
-        print("RuntimeError: CUDA out of memory (fake)", flush=True)
-        sys.exit(3)
-    if mode in ("hang", "stubborn"):
-        if mode == "stubborn":
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        time.sleep(600)
-    from plare_jax.labeling.loopback_server import main
-    port = args[args.index("--port") + 1]
-    main(["--port", port, "--model", args[1]])
-    """
-)
-
-
-def _write_fake_vllm(bin_dir):
-    bin_dir.mkdir()
-    exe = bin_dir / "vllm"
-    exe.write_text(FAKE_VLLM.format(python=sys.executable, repo=REPO_ROOT))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    return exe
-
 
 @pytest.fixture
 def fake_vllm(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
-    _write_fake_vllm(bin_dir)
+    write_fake_vllm(bin_dir)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     record = tmp_path / "record.json"
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
@@ -115,7 +79,7 @@ def test_default_passes_gpu_memory_utilization(fake_vllm):
 
 def test_executable_by_path_and_no_gpu_flag_for_cpu_builds(tmp_path, monkeypatch):
     # A vLLM in its own venv (not on PATH), as the CPU build of tests/vllm_cpu is.
-    exe = _write_fake_vllm(tmp_path / "venv_bin")
+    exe = write_fake_vllm(tmp_path / "venv_bin")
     record = tmp_path / "record.json"
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

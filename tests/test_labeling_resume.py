@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from plare_jax.labeling import PairBatch, VLMConfig, VLMLabeler
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
 from plare_jax.labeling.store import LabelStore
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from plare_jax.labeling import PairBatch, VLMConfig, VLMLabeler
-    from plare_jax.labeling.loopback_server import brightness_png
+    from plare_jax.testing.loopback_server import brightness_png
     from plare_jax.labeling.store import LabelStore
 
     base_url, db, n, TASK = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

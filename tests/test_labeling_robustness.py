@@ -26,7 +26,7 @@ from plare_jax.labeling import (
     labeling_report,
     preflight,
 )
-from plare_jax.labeling.loopback_server import FAULT_KINDS, LoopbackBehavior, LoopbackVLMServer, brightness_png
+from plare_jax.testing.loopback_server import FAULT_KINDS, LoopbackBehavior, LoopbackVLMServer, brightness_png
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import load_prompts, stage1_content, structured_output_mode_for_version
 

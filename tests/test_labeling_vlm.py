@@ -18,7 +18,7 @@ from plare_jax.labeling import (
     parse_choice,
     task_text,
 )
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
 from plare_jax.labeling.store import LabelStore
 
 TASK = "open the drawer"

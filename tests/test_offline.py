@@ -6,14 +6,17 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from plare_jax.data.recorded import make_card, save_recorded
-from plare_jax.labeling.loopback_server import LoopbackVLMServer
+from plare_jax.testing.fake_vllm import write_fake_vllm
+from plare_jax.testing.loopback_server import LoopbackVLMServer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "offline.py"
@@ -284,3 +287,71 @@ def test_every_registered_method_trains_and_exports(tmp_path):
         exported = load_policy(run / "seed0" / "export" / name / "policy.npz").act(ds.observations[:6])
         np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5, err_msg=name)
         assert 0.0 <= results["methods"][name]["heldout_accuracy"]["mean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_vlm_launch_options_reach_the_launcher_on_recorded_data(tmp_path):
+    # The recorded path launches vLLM with the same options as the MetaWorld one: a fake `vllm`
+    # (the loopback server stands in for the model) records the argv it was started with.
+    exe = write_fake_vllm(tmp_path / "elsewhere")  # not on PATH: only --vlm.executable finds it
+    record = tmp_path / "record.json"
+    data = toy_dataset(tmp_path / "data", rewards=False)
+    env_args = ["--data", str(data), "--labeler", "vlm", "--vlm.launch", "--vlm.executable", str(exe),
+                "--vlm.serve-args=--dtype float32 --enforce-eager", "--vlm.model", "fake/vlm",
+                "--out-dir", "runs", "--cache-dir", "cache", "--run-name", "launched", *TINY]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FAKE_VLLM_RECORD": str(record)}
+    env.pop("PLARE_VLM_BASE_URL", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *env_args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    argv = json.loads(record.read_text())["argv"]
+    assert argv[:2] == ["serve", "fake/vlm"]
+    assert argv[-3:] == ["--dtype", "float32", "--enforce-eager"]  # --vlm.serve-args, passed last
+    results = json.loads((tmp_path / "runs" / "launched" / "results.json").read_text())
+    assert results["labeler"] == "vlm" and results["labels"]["pairs"] == 40
+    assert (tmp_path / "runs" / "launched" / "vllm.log").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_recorded_data_exits_130_and_the_resume_command_finishes_the_run(tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    args = ["--data", str(data), "--run-name", "c", "--out-dir", "runs", "--cache-dir", "cache", *TINY,
+            "--bc-steps", "400", "--cpl-steps", "400", "--eval-every", "100"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("PLARE_VLM_BASE_URL", None)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "c" / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300  # a hang guard, not a speed check
+    while time.monotonic() < deadline and not (metrics.exists() and '"eval": true' in metrics.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    # A run that ignored the signal trains to the end and exits 0: the exit code catches it.
+    _, stderr = proc.communicate(timeout=120)  # a hang guard, not a speed check
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "python experiments/offline.py --resume runs/c" in stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert not (tmp_path / "runs" / "c" / "results.json").exists()
+    resumed = run_cli(["--resume", "runs/c"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming runs/c" in resumed.stdout
+    results = json.loads((tmp_path / "runs" / "c" / "results.json").read_text())
+    assert set(results["methods"]) == {"plare", "bc"}
+    records = [json.loads(line) for line in metrics.open()]
+    assert max(r["step"] for r in records if r["branch"] == "plare") == 800  # trained to the end
+    assert (tmp_path / "runs" / "c" / "seed0" / "export" / "plare" / "policy.npz").exists()
+
+
+def test_resume_of_a_directory_that_is_not_a_recorded_run_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "mw").mkdir()
+    (tmp_path / "mw" / "config.json").write_text(json.dumps({"env": ["reach"]}))
+    assert in_process(["--resume", str(tmp_path / "mw")]) == 2
+    assert "not a recorded-data run" in capsys.readouterr().err
+    assert in_process(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_data_is_required_without_resume(tmp_path, capsys):
+    assert in_process(["--out-dir", str(tmp_path)]) == 2
+    assert "--data PATH is required" in capsys.readouterr().err

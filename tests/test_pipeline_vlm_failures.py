@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
 
 from tests.test_experiment import run_cli

@@ -89,7 +89,7 @@ def test_the_documents_hold_the_commands_we_expect_to_check():
     assert {"experiments/metaworld.py", "benchmarks/training.py", "benchmarks/labeling.py",
             "benchmarks/data_report.py"} <= scripts  # fmt: skip
     assert len(SCRIPT_COMMANDS) >= 12
-    assert any(argv[:2] == ["-m", "plare_jax.labeling.loopback_server"] for _, argv in MODULE_COMMANDS)
+    assert any(argv[:2] == ["-m", "plare_jax.testing.loopback_server"] for _, argv in MODULE_COMMANDS)
 
 
 def test_the_parser_reads_every_form_a_command_takes_in_markdown():

@@ -12,7 +12,7 @@ import pytest
 import tyro
 
 from plare_jax.labeling import PAIR_FAILED, PAIR_MALFORMED, PAIR_OK, PAIR_UNSURE, PairBatch, VLMConfig, VLMLabeler
-from plare_jax.labeling.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
+from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import answer_stats, combine_orders

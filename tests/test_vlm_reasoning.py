@@ -12,7 +12,7 @@ import pytest
 
 from plare_jax.labeling import PAIR_MALFORMED, PAIR_OK, PAIR_UNSURE, PairBatch, VLMConfig, VLMLabeler
 from plare_jax.labeling.answers import CHOICES, parse_choice
-from plare_jax.labeling.loopback_server import (
+from plare_jax.testing.loopback_server import (
     REASONING_MARKER,
     REASONING_MODES,
     LoopbackBehavior,

@@ -369,27 +369,33 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--vlm.serve-args {config.vlm.serve_args!r} is not a valid shell-quoted string: {e}") from None
 
 
-def config_from_dict(values: dict) -> ExperimentConfig:
-    """Rebuild a stored config.json (lists back to tuples, paths back to Paths, nested options)."""
-    fields = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
-    defaults = ExperimentConfig()
+_PATH_FIELDS = ("out_dir", "cache_dir", "resume", "data")
+
+
+def config_from_dict(values: dict, cls: type | None = None):
+    """Rebuild a stored config.json as `cls` (default `ExperimentConfig`; the recorded-data
+    pipeline passes its own): lists back to tuples, paths back to Paths, nested options; unknown
+    keys (options since removed) are dropped and the options added since take their defaults."""
+    cls = cls or ExperimentConfig
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    legacy = cls is ExperimentConfig  # run dirs written before --data-seeds and --teacher-noise existed
     kwargs = {}
     for name, value in values.items():
-        if name not in fields and name not in ("data_seed", "teacher_mistake_rate"):
-            continue
-        if name == "teacher_mistake_rate":  # run dirs written before --teacher-noise existed
+        if legacy and name == "teacher_mistake_rate":
             name = "teacher_noise_level"
-        default = getattr(defaults, name, None)
+        elif legacy and name == "data_seed":
+            name, value = "data_seeds", (value,)
+        if name not in fields:
+            continue
+        default = fields[name].default
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = _nested_from_dict(type(default), value)
-        elif name == "data_seed":  # run dirs written before --data-seeds existed
-            name, value = "data_seeds", (value,)
         elif isinstance(value, list):
             value = tuple(value)
-        elif name in ("out_dir", "cache_dir", "resume") and value is not None:
+        elif name in _PATH_FIELDS and value is not None:
             value = pathlib.Path(value)
         kwargs[name] = value
-    return ExperimentConfig(**kwargs)
+    return cls(**kwargs)
 
 
 def _nested_from_dict(cls, values: dict):

@@ -12,12 +12,12 @@ Everything that can be wrong with the data or the options fails before the first
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import pathlib
 import time
 import types
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import numpy as np
@@ -28,7 +28,6 @@ from plare_jax.data.keyframes import encode_png
 from plare_jax.data.recorded import RecordedDataset, load_recorded, recorded_pair_images
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_segment_starts
 from plare_jax.export import Normalizer, export_policy
-from plare_jax.labeling import launcher as vllm_launcher
 from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
 from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
@@ -38,9 +37,11 @@ from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import BC_PHASE, METHODS, get_method
 from plare_jax.methods import rlvlmf as rlvlmf_method
 from plare_jax.methods.pbc import PBCOptions
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions, validate_updates
+from plare_jax.interrupts import raise_if_stopped, stop_on_signals
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions, config_from_dict, validate_updates
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
+from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
 from plare_jax.pipeline.train import learner_config, method_evals, train_seed
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -52,9 +53,9 @@ _NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
 class OfflineConfig:
     """PLARE (CPL on VLM preference labels) and its baselines on recorded robot data, no simulator."""
 
-    data: pathlib.Path
+    data: pathlib.Path | None = None
     """Recorded dataset directory (card.json + steps.npz + frames; see docs/data_format.md; make one
-    with experiments/import_data.py)."""
+    with experiments/import_data.py). Required, except with --resume."""
     task_text: str | None = None
     """Goal text for the VLM, e.g. "open the drawer" (default: the dataset card's task_text)."""
     labeler: Literal["auto", "vlm", "scripted"] = "auto"
@@ -135,6 +136,9 @@ class OfflineConfig:
     """Parent directory of run directories."""
     run_name: str | None = None
     """Run directory name (default: timestamp and dataset name). An existing run is never overwritten."""
+    resume: pathlib.Path | None = None
+    """Continue an interrupted run directory (its stored config is used; other options are ignored).
+    Labels come back from the label store, training from the last checkpoint of each method."""
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
     vlm: VLMOptions = VLMOptions()
@@ -155,6 +159,9 @@ class OfflineConfig:
 
 def validate(config: OfflineConfig) -> None:
     """Impossible options fail here, before the data is read."""
+    if config.data is None:
+        raise ConfigError("--data PATH is required: a recorded dataset directory (make one with "
+                          "experiments/import_data.py), or --resume RUN_DIR to continue a run")
     validate_updates(config)
     if not 0.0 <= config.teacher_mistake_rate <= 1.0:
         raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
@@ -229,7 +236,8 @@ def teacher_scores(config: OfflineConfig, pairs: SegmentPairs) -> np.ndarray:
 
 
 def label_recorded_pairs(config: OfflineConfig, choice: LabelerChoice, dataset: RecordedDataset,
-                         pairs: SegmentPairs, text: str, base_url: str | None) -> tuple[np.ndarray, dict]:
+                         pairs: SegmentPairs, text: str, base_url: str | None,
+                         should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict]:
     """Preferences [P] in {0, 1, -1} and the labeler's statistics.
 
     VLM: keyframe strips built from the stored frames (the MetaWorld path's keyframes, tiling and
@@ -245,6 +253,7 @@ def label_recorded_pairs(config: OfflineConfig, choice: LabelerChoice, dataset: 
     with LabelStore(config.cache_dir / "labels.sqlite") as store:
         labeler = VLMLabeler(vlm_config(config, base_url), store=store)
         for begin in range(0, pairs.num_pairs, chunk):
+            raise_if_stopped(should_stop)
             index = np.arange(begin, min(begin + chunk, pairs.num_pairs))
             images = recorded_pair_images(dataset, pairs.take(index), camera=config.camera,
                                           num_keyframes=config.num_keyframes, progress=True)
@@ -279,13 +288,13 @@ def split_pairs(num_pairs: int, holdout_fraction: float, seed: int) -> tuple[np.
 
 
 def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, choice: LabelerChoice,
-                 base_url: str | None) -> PreparedData:
+                 base_url: str | None, should_stop: Callable[[], bool] | None = None) -> PreparedData:
     """Pairs -> labels -> split -> normalisation -> `TrainingData` (the same arrays for every method)."""
     timings = {}
     t0 = time.perf_counter()
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
                                  rng=np.random.default_rng(config.data_seed))
-    preferences, stats = label_recorded_pairs(config, choice, dataset, pairs, text, base_url)
+    preferences, stats = label_recorded_pairs(config, choice, dataset, pairs, text, base_url, should_stop)
     timings["labels_s"] = time.perf_counter() - t0
     if dataset.rewards is not None:
         teacher = ScriptedTeacher().label(PairBatch(text, returns=teacher_scores(config, pairs)), progress=False)
@@ -453,23 +462,61 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
         manager.close()
 
 
+RESUME_COMMAND = "python experiments/offline.py --resume {run_dir}"
+
+
+def load_resumed_config(run_dir: pathlib.Path) -> OfflineConfig:
+    if not (run_dir / "config.json").exists():
+        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
+    stored = runs.read_json(run_dir / "config.json")
+    if "data" not in stored:
+        raise runs.RunDirError(f"--resume {run_dir}: not a recorded-data run (its config.json has no 'data'; "
+                               "MetaWorld runs resume with experiments/metaworld.py --resume)")
+    return config_from_dict(stored, OfflineConfig)
+
+
 def run_offline(config: OfflineConfig) -> dict:
-    """Checks, labels, trains, evaluates and exports; returns results.json's content."""
+    """Checks, labels, trains, evaluates and exports; returns results.json's content.
+
+    Ctrl-C (SIGINT) or SIGTERM stops between labeling chunks, training windows and evaluations
+    with `SystemExit` 130 or 143 and the resume command (`--resume RUN_DIR`), as on MetaWorld.
+    """
+    with stop_on_signals() as stop:
+        return _run_offline(config, stop)
+
+
+def _run_offline(config: OfflineConfig, stop) -> dict:
+    resume_dir = config.resume
+    if resume_dir is not None:
+        config = load_resumed_config(resume_dir)
+        print(f"resuming {resume_dir} with its stored config")
     dataset, text, choice = check_inputs(config)  # every input error surfaces here
     runs.check_writable(config.cache_dir)
-    name = config.run_name or runs.default_run_name(pathlib.Path(config.data).name or "recorded")
-    run_dir = runs.create_run_dir(config.out_dir / name, config)
+    stop.check()
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        name = config.run_name or runs.default_run_name(pathlib.Path(config.data).name or "recorded")
+        run_dir = runs.create_run_dir(config.out_dir / name, config)
     print(f"run directory: {run_dir}")
     print(f"labeler: {choice.kind} ({choice.reason})")
-    launch = (vllm_launcher.launch_vllm(
-        config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
-        data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
-        gpu_memory_utilization=config.vlm.gpu_memory_utilization, log_path=run_dir / "vllm.log")
-        if choice.launch else contextlib.nullcontext(choice.base_url))
-    with launch as base_url:
-        prepared = prepare_data(config, dataset, text, choice, base_url)
-    runs.write_json_atomic(run_dir / "data_and_labels.json", prepared.summary)
+    with RunGuard(run_dir, RESUME_COMMAND.format(run_dir=run_dir), resumed=resume_dir is not None) as guard:
+        with vlm_server(config.vlm, choice, run_dir / "vllm.log") as base_url:
+            prepared = prepare_data(config, dataset, text, choice, base_url, should_stop=stop)
+        runs.write_json_atomic(run_dir / "data_and_labels.json", prepared.summary)
+        guard.training_started = True
+        results = _train_and_export(config, prepared, dataset, text, run_dir, stop)
+    table = format_offline_table(results)
+    (run_dir / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}; "
+          f"policies: {run_dir}/seed*/export/<method>/policy.npz")
+    return results
 
+
+def _train_and_export(config: OfflineConfig, prepared: PreparedData, dataset: RecordedDataset, text: str,
+                      run_dir: pathlib.Path, stop) -> dict:
+    """Every seed's BC phase and methods, each method's policy exported; writes results and curves."""
     per_seed, curves = {}, {"held-out preference accuracy": {m: [] for m in config.method}}
     if config.eval_env is not None:
         curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
@@ -477,7 +524,7 @@ def run_offline(config: OfflineConfig) -> dict:
         unit = run_dir / f"seed{seed}"
         t0 = time.perf_counter()
         per_seed[seed] = train_seed(config, prepared.task, seed, unit,
-                                    evaluate_fn=make_evaluator(config, prepared, seed))
+                                    evaluate_fn=make_evaluator(config, prepared, seed), should_stop=stop)
         per_seed[seed]["train_s"] = time.perf_counter() - t0
         records = runs.MetricsLog(unit / "metrics.jsonl").read()
         for method_name in config.method:
@@ -499,11 +546,6 @@ def run_offline(config: OfflineConfig) -> dict:
     runs.write_json_atomic(run_dir / "results.json", results)
     plotting.plot_learning_curves(curves, run_dir / "learning_curves.png", phase_switch_step=config.bc_steps,
                                   ylabel="value")
-    table = format_offline_table(results)
-    (run_dir / "summary.md").write_text(table + "\n")
-    print("\n" + table)
-    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}; "
-          f"policies: {run_dir}/seed*/export/<method>/policy.npz")
     return results
 
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import pathlib
-import shlex
-import shutil
 import sys
 
 import jax
 
 from plare_jax import plotting, runs, sharding, tracking
-from plare_jax.interrupts import StopRequested, stop_on_signals
-from plare_jax.labeling import launcher as vllm_launcher
+from plare_jax.interrupts import stop_on_signals
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from_dict, validate
 from plare_jax.pipeline.data import prepare_task
 from plare_jax.pipeline.labels import choose_labeler
+from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.methods import get_method
 from plare_jax.methods.plare import PLARE
@@ -173,18 +170,15 @@ def _run(config: ExperimentConfig, stop) -> dict:
     print(f"run directory: {run_dir}")
     print(f"labeler: {choice.kind} ({choice.reason})")
 
-    launch_context = (
-        vllm_launcher.launch_vllm(
-            config.vlm.model, tensor_parallel_size=config.vlm.tensor_parallel_size,
-            data_parallel_size=config.vlm.data_parallel_size, max_model_len=config.vlm.max_model_len,
-            gpu_memory_utilization=config.vlm.gpu_memory_utilization,
-            executable=config.vlm.executable, extra_args=shlex.split(config.vlm.serve_args),
-            log_path=run_dir / "vllm.log")
-        if choice.launch and primary else contextlib.nullcontext(choice.base_url))
+    launch_context = vlm_server(config.vlm, choice, run_dir / "vllm.log", enabled=primary)
     task_summaries, seed_results = {}, {}
-    training_started = False
     tracker = tracking.Tracker()  # --track none: drops everything
-    try:
+
+    def close_tracker(exit_code: int) -> None:  # the tracker open when the run stops or fails
+        _close_tracker(tracker, exit_code)
+
+    with RunGuard(run_dir, RESUME_COMMAND.format(run_dir=run_dir), resumed=resume_dir is not None,
+                  primary=primary, on_exit=close_tracker) as guard:
         datas = {}
         # The other processes read the data and labels process 0 cached, never collect again.
         data_config = config if primary else dataclasses.replace(config, recollect=False)
@@ -207,7 +201,7 @@ def _run(config: ExperimentConfig, stop) -> dict:
             for data_seed in config.data_seeds:
                 for seed in config.seeds:
                     first_run = (data_seed, seed) == (config.data_seeds[0], config.seeds[0])
-                    training_started = True
+                    guard.training_started = True
                     seed_results[task][data_seed, seed] = train_seed(
                         config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
                         video_dir=run_dir / task if first_run and config.video and primary else None,
@@ -219,23 +213,6 @@ def _run(config: ExperimentConfig, stop) -> dict:
         if primary:
             plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
                                           phase_switch_step=config.bc_steps)
-    except (StopRequested, KeyboardInterrupt) as stopped:
-        code = stopped.exit_code if isinstance(stopped, StopRequested) else 130
-        _close_tracker(tracker, code)
-        if not training_started and resume_dir is None:
-            if primary:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"\n{stopped or 'interrupted'} before training began: {run_dir} removed, nothing to resume "
-                  "(collected data and labels stay cached: run the same command again)", file=sys.stderr)
-        else:
-            print(f"\n{stopped or 'interrupted'}: everything finished so far is saved; continue with\n  "
-                  + RESUME_COMMAND.format(run_dir=run_dir), file=sys.stderr)
-        raise SystemExit(code) from None
-    except BaseException:
-        _close_tracker(tracker, 1)
-        if not training_started and resume_dir is None and primary:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed leaves no orphan run directory
-        raise
 
     table = format_table(results)
     if primary:

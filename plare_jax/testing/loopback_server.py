@@ -29,7 +29,7 @@ the same answer twice) or ambiguous ones (two different answers).
 Structured output behaves like a chosen vLLM version (`/version`): by default 0.32,
 which honours `structured_outputs` and ignores `guided_choice` (counted as a warning).
 
-Run standalone: `python -m plare_jax.labeling.loopback_server --port 8000`.
+Run standalone: `python -m plare_jax.testing.loopback_server --port 8000`.
 """
 
 from __future__ import annotations
