@@ -132,7 +132,7 @@ def main(command: Command) -> pathlib.Path:
                             fps=command.fps)
     else:
         from plare_jax.envs.collect import CollectionConfig, collect_dataset
-        from plare_jax.envs.export import export_metaworld
+        from plare_jax.envs.to_recorded import export_metaworld
 
         ds = collect_dataset(CollectionConfig(task=command.env, num_episodes=command.num_episodes,
                                               horizon=command.collection_horizon, seed=command.data_seed),

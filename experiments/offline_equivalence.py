@@ -77,7 +77,7 @@ def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.envs.collect import CollectionConfig, collect_dataset
     from plare_jax.envs.evaluate import evaluate_policy
     from plare_jax.pipeline.train import evaluation_seed
-    from plare_jax.envs.export import export_metaworld
+    from plare_jax.envs.to_recorded import export_metaworld
     from plare_jax.envs.render import RenderConfig, render_pair_images
     from plare_jax.export import load_policy
     from plare_jax.pipeline.config import ExperimentConfig

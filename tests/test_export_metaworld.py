@@ -6,7 +6,7 @@ import pytest
 from plare_jax.data.recorded import load_recorded, recorded_pair_images
 from plare_jax.data.segments import sample_segment_pairs
 from plare_jax.envs.collect import CollectionConfig, collect_dataset
-from plare_jax.envs.export import export_metaworld
+from plare_jax.envs.to_recorded import export_metaworld
 from plare_jax.envs.render import RenderConfig, render_pair_images
 
 
