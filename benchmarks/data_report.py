@@ -15,7 +15,7 @@ import numpy as np
 
 from plare_jax.data.segments import sample_segment_pairs
 from plare_jax.envs.collect import CollectionConfig, collect_dataset
-from plare_jax.labeling.scripted import preferences_from_returns
+from plare_jax.labeling.scripted import preferences_from_scores
 
 PAPER_TASKS = ("sweep-into", "drawer-open", "door-open", "plate-slide")
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.perf_counter() - started
             pairs = sample_segment_pairs(ds, args.pairs, segment_length=64, rng=np.random.default_rng(args.seed))
             # How often the classic return teacher agrees with the progress teacher on random pairs.
-            agreement = np.mean(preferences_from_returns(pairs.returns) == preferences_from_returns(pairs.progress))
+            agreement = np.mean(preferences_from_scores(pairs.returns) == preferences_from_scores(pairs.progress))
             r = ds.episode_returns
             q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
             print(

@@ -41,10 +41,10 @@ def test_pair_batch_validates_shapes():
     with pytest.raises(ValueError, match="images"):
         PairBatch("t")
     with pytest.raises(ValueError, match=r"\[P, 2\]"):
-        PairBatch("t", returns=np.zeros((3, 3)))
+        PairBatch("t", scores=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="match"):
-        PairBatch("t", images=[(b"a", b"b")], returns=np.zeros((2, 2)))
-    assert len(PairBatch("t", returns=np.zeros((5, 2)))) == 5
+        PairBatch("t", images=[(b"a", b"b")], scores=np.zeros((2, 2)))
+    assert len(PairBatch("t", scores=np.zeros((5, 2)))) == 5
 
 
 def test_scripted_teacher_agrees_with_ground_truth():
@@ -52,7 +52,7 @@ def test_scripted_teacher_agrees_with_ground_truth():
     returns = rng.normal(size=(1000, 2))
     teacher = ScriptedTeacher()
     assert isinstance(teacher, Labeler)
-    prefs = teacher.label(PairBatch("t", returns=returns)).preferences
+    prefs = teacher.label(PairBatch("t", scores=returns)).preferences
     expected_second = returns[:, 1] > returns[:, 0]
     np.testing.assert_array_equal(prefs == SECOND, expected_second)
     np.testing.assert_array_equal(prefs == FIRST, ~expected_second)
@@ -60,7 +60,7 @@ def test_scripted_teacher_agrees_with_ground_truth():
 
 def test_scripted_teacher_equal_threshold_gives_unsure():
     returns = np.array([[1.0, 1.05], [1.0, 1.5], [2.0, 1.0], [3.0, 3.0]])
-    prefs = ScriptedTeacher(equal_threshold=0.1).label(PairBatch("t", returns=returns)).preferences
+    prefs = ScriptedTeacher(equal_threshold=0.1).label(PairBatch("t", scores=returns)).preferences
     np.testing.assert_array_equal(prefs, [UNSURE, SECOND, FIRST, UNSURE])
 
 
@@ -68,19 +68,19 @@ def test_scripted_teacher_equal_threshold_gives_unsure():
 def test_scripted_teacher_mistake_rate_matches_flip_rate(rate):
     rng = np.random.default_rng(2)
     returns = rng.normal(size=(20000, 2))
-    clean = ScriptedTeacher().label(PairBatch("t", returns=returns)).preferences
-    noisy = ScriptedTeacher(mistake_rate=rate, seed=3).label(PairBatch("t", returns=returns))
+    clean = ScriptedTeacher().label(PairBatch("t", scores=returns)).preferences
+    noisy = ScriptedTeacher(mistake_rate=rate, seed=3).label(PairBatch("t", scores=returns))
     flip_rate = np.mean(clean != noisy.preferences)
     # binomial std at n=20000 is <= 0.0035; 4 sigma
     assert abs(flip_rate - rate) < 0.015
     assert noisy.stats["flipped"] == int(np.sum(clean != noisy.preferences))
-    again = ScriptedTeacher(mistake_rate=rate, seed=3).label(PairBatch("t", returns=returns)).preferences
+    again = ScriptedTeacher(mistake_rate=rate, seed=3).label(PairBatch("t", scores=returns)).preferences
     np.testing.assert_array_equal(again, noisy.preferences)  # seeded
 
 
 def test_scripted_teacher_never_flips_unsure():
     returns = np.array([[1.0, 1.0]] * 100)
-    prefs = ScriptedTeacher(mistake_rate=1.0).label(PairBatch("t", returns=returns)).preferences
+    prefs = ScriptedTeacher(mistake_rate=1.0).label(PairBatch("t", scores=returns)).preferences
     assert np.all(prefs == UNSURE)
 
 

@@ -14,7 +14,7 @@ from plare_jax.labeling import (
     calibrate_unsure_rate, gap_scale, label_agreement, noise_free_level,
 )  # fmt: skip
 from plare_jax.labeling.noise import discounted_scores, noise_rng
-from plare_jax.labeling.scripted import preferences_from_returns
+from plare_jax.labeling.scripted import preferences_from_scores
 
 AGREEMENT_MODELS = ("mistake", "boltzmann", "myopic", "hard-pairs", "position-bias")
 
@@ -27,7 +27,7 @@ def synthetic_batch(num_pairs=2000, length=16, seed=0):
 
 def label(scores, noise, *, seed=0, steps=None, equal_threshold=0.0):
     teacher = ScriptedTeacher(equal_threshold=equal_threshold, noise=noise, seed=seed)
-    return teacher.label(PairBatch("t", returns=scores, step_scores=steps))
+    return teacher.label(PairBatch("t", scores=scores, step_scores=steps))
 
 
 def four_sigma(p, n):
@@ -66,7 +66,7 @@ def test_noise_free_levels_and_defaults():
 def test_noise_free_level_reproduces_the_clean_labels_exactly(model):
     steps, scores = synthetic_batch(3000, seed=1)
     scores[:50, 1] = scores[:50, 0]  # exact ties, plus the threshold's unsure pairs below
-    clean = preferences_from_returns(scores, equal_threshold=0.2)
+    clean = preferences_from_scores(scores, equal_threshold=0.2)
     assert (clean == UNSURE).sum() > 50
     result = label(scores, TeacherNoise(model, noise_free_level(model)), seed=5, steps=steps, equal_threshold=0.2)
     np.testing.assert_array_equal(result.preferences, clean)
@@ -78,7 +78,7 @@ def test_noise_free_level_reproduces_the_clean_labels_exactly(model):
                                    TeacherNoise("myopic", 0.01)])  # fmt: skip
 def test_no_model_answers_a_pair_the_clean_teacher_is_unsure_about(noise):
     steps, scores = synthetic_batch(2000, seed=2)
-    clean = preferences_from_returns(scores, equal_threshold=0.5)
+    clean = preferences_from_scores(scores, equal_threshold=0.5)
     prefs = label(scores, noise, steps=steps, equal_threshold=0.5).preferences
     assert np.all(prefs[clean == UNSURE] == UNSURE)
     assert np.any(prefs[clean != UNSURE] != clean[clean != UNSURE])  # the noise did act elsewhere
@@ -90,7 +90,7 @@ def test_no_model_answers_a_pair_the_clean_teacher_is_unsure_about(noise):
 @pytest.mark.parametrize("level", [0.1, 0.3])
 def test_mistake_flips_that_share_of_sure_labels_uniformly_over_gaps(level):
     _, scores = synthetic_batch(20000, seed=3)
-    clean = preferences_from_returns(scores)
+    clean = preferences_from_scores(scores)
     prefs = label(scores, TeacherNoise("mistake", level), seed=4).preferences
     flipped = prefs != clean
     assert np.all(prefs[flipped] == 1 - clean[flipped])
@@ -132,7 +132,7 @@ def test_equal_is_unsure_exactly_below_level_times_the_median_gap():
     prefs = label(scores, TeacherNoise("equal", 1.0)).preferences
     np.testing.assert_array_equal(prefs, [UNSURE, SECOND, FIRST, SECOND, UNSURE, UNSURE])
     _, many = synthetic_batch(5000, seed=9)
-    clean = preferences_from_returns(many)
+    clean = preferences_from_scores(many)
     result = label(many, TeacherNoise("equal", 0.3))
     gap = np.abs(many[:, 1] - many[:, 0])
     np.testing.assert_array_equal(result.preferences == UNSURE, gap < 0.3 * gap_scale(many))
@@ -146,7 +146,7 @@ def test_skip_drops_pairs_whose_better_segment_is_below_the_quantile():
     np.testing.assert_array_equal(result.preferences, [UNSURE, UNSURE, SECOND, FIRST])
     assert result.stats["skipped"] == 2 and result.stats["unsure"] == 2
     _, many = synthetic_batch(5000, seed=10)
-    clean = preferences_from_returns(many)
+    clean = preferences_from_scores(many)
     result = label(many, TeacherNoise("skip", 0.3))
     rule = many.max(axis=1) < np.quantile(many, 0.3)
     np.testing.assert_array_equal(result.preferences == UNSURE, rule)
@@ -173,7 +173,7 @@ def test_myopic_compares_step_sums_so_a_progress_teacher_is_not_reproduced_at_ga
     steps, returns = synthetic_batch(2000, seed=12)
     progress = steps[..., -2:].mean(-1) - steps[..., :2].mean(-1)  # not the sum of the steps
     result = label(progress, TeacherNoise("myopic", 1.0), steps=steps)
-    np.testing.assert_array_equal(result.preferences, preferences_from_returns(returns))
+    np.testing.assert_array_equal(result.preferences, preferences_from_scores(returns))
     assert result.stats["agreement"] < 0.9 and result.stats["myopic_step_sums_match_scores"] is False
     assert label(returns, TeacherNoise("myopic", 1.0), steps=steps).stats["myopic_step_sums_match_scores"] is True
 
@@ -183,18 +183,18 @@ def test_myopic_needs_step_scores_of_the_right_shape():
     with pytest.raises(ValueError, match="step_scores"):
         label(scores, TeacherNoise("myopic", 0.9))
     with pytest.raises(ValueError, match=r"\[P, 2, T\]"):
-        PairBatch("t", returns=scores, step_scores=np.zeros((10, 2)))
+        PairBatch("t", scores=scores, step_scores=np.zeros((10, 2)))
     with pytest.raises(ValueError, match="match"):
-        PairBatch("t", returns=scores, step_scores=np.zeros((9, 2, 4)))
+        PairBatch("t", scores=scores, step_scores=np.zeros((9, 2, 4)))
     with pytest.raises(ValueError, match="match"):
-        apply_noise(preferences_from_returns(scores), scores, TeacherNoise("myopic", 0.9), seed=0,
+        apply_noise(preferences_from_scores(scores), scores, TeacherNoise("myopic", 0.9), seed=0,
                     step_scores=np.zeros((9, 2, 4)))
 
 
 def test_hard_pairs_mistakes_land_on_similar_segments():
     level = 0.5
     _, scores = synthetic_batch(20000, seed=13)
-    clean = preferences_from_returns(scores)
+    clean = preferences_from_scores(scores)
     flipped = label(scores, TeacherNoise("hard-pairs", level), seed=14).preferences != clean
     gap = np.abs(scores[:, 1] - scores[:, 0])
     p_flip = 0.5 * np.exp(-gap / (level * gap_scale(scores)))
@@ -213,7 +213,7 @@ def test_hard_pairs_mistakes_land_on_similar_segments():
 def test_position_bias_answers_first_and_raises_first_share():
     level = 0.3
     _, scores = synthetic_batch(20000, seed=15)
-    clean = preferences_from_returns(scores)
+    clean = preferences_from_scores(scores)
     result = label(scores, TeacherNoise("position-bias", level), seed=16)
     prefs = result.preferences
     changed = prefs != clean
@@ -286,7 +286,7 @@ def test_each_model_has_its_own_reproducible_stream():
 
 def test_a_pairs_draw_does_not_depend_on_how_many_pairs_follow_it():
     _, scores = synthetic_batch(2000, seed=18)
-    clean = preferences_from_returns(scores)
+    clean = preferences_from_scores(scores)
     for noise in (TeacherNoise("mistake", 0.3), TeacherNoise("position-bias", 0.3)):
         whole = apply_noise(clean, scores, noise, seed=9)
         head = apply_noise(clean[:500], scores[:500], noise, seed=9)
@@ -321,7 +321,7 @@ def test_legacy_mistake_rate_keyword_is_the_mistake_model():
     _, scores = synthetic_batch(1000, seed=20)
     legacy = ScriptedTeacher(mistake_rate=0.2, seed=5)
     assert legacy.noise == TeacherNoise("mistake", 0.2) and legacy.mistake_rate == 0.2
-    np.testing.assert_array_equal(legacy.label(PairBatch("t", returns=scores)).preferences,
+    np.testing.assert_array_equal(legacy.label(PairBatch("t", scores=scores)).preferences,
                                   label(scores, TeacherNoise("mistake", 0.2), seed=5).preferences)
     with pytest.raises(ValueError, match="not both"):
         ScriptedTeacher(noise=TeacherNoise("boltzmann", 1.0), mistake_rate=0.1)

@@ -41,7 +41,7 @@ def test_valid_answers_agree_with_teacher_on_content():
     with LoopbackVLMServer() as server:
         result = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
         assert server.counts["stage1"] == 24 and server.counts["stage2"] == 24
-    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, scores=levels)).preferences
     report = labeling_report(result.preferences, teacher, result.stats)
     assert report["accuracy"] == 1.0 and report["both_sure"] > 15
     np.testing.assert_array_equal(result.preferences, teacher)
@@ -62,7 +62,7 @@ def test_unstructured_server_answers_are_parsed():
     behavior = LoopbackBehavior(ignore_structured_output=True)
     with LoopbackVLMServer(behavior=behavior) as server:
         verbose = VLMLabeler(fast_config(server)).label(PairBatch(TASK, images=images), progress=False)
-    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, scores=levels)).preferences
     np.testing.assert_array_equal(verbose.preferences, teacher)
     assert verbose.stats["malformed"] == 0
 
@@ -86,7 +86,7 @@ def test_http_errors_are_retried_then_succeed(status):
     with LoopbackVLMServer(behavior=behavior) as server:
         result = VLMLabeler(fast_config(server, max_retries=3)).label(PairBatch(TASK, images=images), progress=False)
         assert server.counts["errors"] == 2 * 12
-    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, scores=levels)).preferences
     np.testing.assert_array_equal(result.preferences, teacher)
     assert result.stats["retries"] == 24 and result.stats["requests"] == 36 and result.stats["failed"] == 0
 
@@ -110,7 +110,7 @@ def test_hung_request_times_out_is_retried_and_run_continues():
     with LoopbackVLMServer(behavior=behavior) as server:
         result = VLMLabeler(fast_config(server, timeout_s=1.0)).label(PairBatch(TASK, images=images), progress=False)
         counts = server.counts
-    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, scores=levels)).preferences
     np.testing.assert_array_equal(result.preferences, teacher)
     # 12 distinct requests, each hung on its first try; a loaded machine may time out a slow
     # answer too, so at least (not exactly) 12 retries
@@ -129,7 +129,7 @@ def test_always_hung_pairs_become_unsure_others_labelled():
         )
     failed = result.stats["failed"]
     assert 1 <= failed <= 15
-    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, returns=levels)).preferences
+    teacher = ScriptedTeacher(equal_threshold=MARGIN).label(PairBatch(TASK, scores=levels)).preferences
     answered = result.preferences != -1
     np.testing.assert_array_equal(result.preferences[answered], teacher[answered])
     assert answered.sum() >= 20 - failed - np.sum(teacher == -1)

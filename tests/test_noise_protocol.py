@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from plare_jax.labeling.noise import label_agreement
-from plare_jax.labeling.scripted import preferences_from_returns
+from plare_jax.labeling.scripted import preferences_from_scores
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from_dict, validate
 from plare_jax.pipeline.labels import scripted_teacher, teacher_is_noise_free
 from plare_jax.pipeline.results import protocol_difference
@@ -83,8 +83,8 @@ def test_agreement_target_is_met_on_the_tasks_pairs(model, target):
     teacher = scripted_teacher(config, scores, None, data_seed=3)
     from plare_jax.labeling.base import PairBatch
 
-    prefs = teacher.label(PairBatch("t", returns=scores), progress=False).preferences
-    agreement = label_agreement(prefs, preferences_from_returns(scores))["agreement"]
+    prefs = teacher.label(PairBatch("t", scores=scores), progress=False).preferences
+    agreement = label_agreement(prefs, preferences_from_scores(scores))["agreement"]
     assert abs(agreement - target) <= 0.02
 
 

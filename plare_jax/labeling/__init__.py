@@ -16,7 +16,7 @@ from plare_jax.labeling.noise import (
 )  # fmt: skip
 from plare_jax.labeling.launcher import VLLMLaunchError, VLLMNotFoundError, launch_vllm, local_gpu_available
 from plare_jax.labeling.report import format_report, labeling_report
-from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_returns
+from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_scores
 from plare_jax.labeling.store import LabelStore, LabelStoreError, label_key
 from plare_jax.labeling.vlm import (
     VLMConfig, VLMConfigError, VLMEndpointError, VLMLabeler, check_endpoint, preflight, task_text,
@@ -26,7 +26,7 @@ __all__ = [
     "FIRST", "SECOND", "UNSURE", "Labeler", "LabelResult", "PairBatch", "preferences_to_targets",
     "PAIR_OK", "PAIR_UNSURE", "PAIR_MALFORMED", "PAIR_FAILED", "PAIR_STATUSES",
     "LabelCoverageError", "check_label_coverage", "label_coverage",
-    "ScriptedTeacher", "preferences_from_returns",
+    "ScriptedTeacher", "preferences_from_scores",
     "NOISE_MODELS", "NOISE_STREAM_ID", "TeacherNoise", "apply_noise", "calibrate_noise", "calibrate_unsure_rate",
     "gap_scale", "label_agreement", "noise_free_level",
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight", "parse_choice",

@@ -3,7 +3,7 @@
 A label says which of the two segments of a pair better achieves the task:
 `FIRST` (0), `SECOND` (1) or `UNSURE` (-1). Labelers know nothing about training
 or simulation; they take rendered images (PNG bytes) and a task text, or the
-segments' ground-truth returns for the scripted teacher.
+segments' ground-truth scores for the scripted teacher.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class PairBatch:
         task_text: What the robot should achieve, in words (e.g. "open the drawer").
         images: Per pair, the PNG bytes of the two tiled keyframe images
             `(first, second)`; needed by image-based labelers.
-        returns: `[P, 2]` ground-truth returns of the two segments of each pair;
-            needed by the scripted teacher.
+        scores: `[P, 2]` ground-truth scores of the two segments of each pair (what the
+            scripted teacher compares: their progress or their return); needed by the scripted
+            teacher.
         step_scores: Optional `[P, 2, T]` per-step scores of the two segments (e.g. dense
             rewards); needed only by the scripted teacher's `myopic` noise model, which compares
             their discounted sums (see `plare_jax.labeling.noise`).
@@ -40,23 +41,23 @@ class PairBatch:
 
     task_text: str
     images: Sequence[tuple[bytes, bytes]] | None = None
-    returns: np.ndarray | None = None
+    scores: np.ndarray | None = None
     step_scores: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.images is None and self.returns is None:
-            raise ValueError("PairBatch needs `images` (for a VLM labeler) or `returns` (for the scripted teacher).")
+        if self.images is None and self.scores is None:
+            raise ValueError("PairBatch needs `images` (for a VLM labeler) or `scores` (for the scripted teacher).")
         if self.images is not None:
             for i, pair in enumerate(self.images):
                 if len(pair) != 2 or not all(isinstance(im, bytes | bytearray) for im in pair):
                     raise ValueError(f"PairBatch.images[{i}] must be a (bytes, bytes) tuple of PNG data, got {type(pair)}.")
-        if self.returns is not None:
-            returns = np.asarray(self.returns, dtype=np.float64)
-            if returns.ndim != 2 or returns.shape[1] != 2:
-                raise ValueError(f"PairBatch.returns must have shape [P, 2], got {returns.shape}.")
-            object.__setattr__(self, "returns", returns)
-        if self.images is not None and self.returns is not None and len(self.images) != len(self.returns):
-            raise ValueError(f"PairBatch has {len(self.images)} image pairs but {len(self.returns)} return pairs; they must match.")
+        if self.scores is not None:
+            scores = np.asarray(self.scores, dtype=np.float64)
+            if scores.ndim != 2 or scores.shape[1] != 2:
+                raise ValueError(f"PairBatch.scores must have shape [P, 2], got {scores.shape}.")
+            object.__setattr__(self, "scores", scores)
+        if self.images is not None and self.scores is not None and len(self.images) != len(self.scores):
+            raise ValueError(f"PairBatch has {len(self.images)} image pairs but {len(self.scores)} score pairs; they must match.")
         if self.step_scores is not None:
             steps = np.asarray(self.step_scores, dtype=np.float64)
             if steps.ndim != 3 or steps.shape[1] != 2 or steps.shape[2] < 1:
@@ -66,7 +67,7 @@ class PairBatch:
             object.__setattr__(self, "step_scores", steps)
 
     def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.returns)
+        return len(self.images) if self.images is not None else len(self.scores)
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Simulated labellers that err like a VLM: noise models of the scripted teacher (after B-Pref).
 
 A noise model turns the noise-free teacher's labels `clean` (from the `[P, 2]` segment scores
-`scores`, see `preferences_from_returns`) into the labels of an imperfect labeller. Each model has
+`scores`, see `preferences_from_scores`) into the labels of an imperfect labeller. Each model has
 ONE knob, `TeacherNoise.level`, and a noise-free value of it (`noise_free_level`):
 
 | model         | knob (range)      | noise-free | behaviour |
@@ -159,7 +159,7 @@ def apply_noise(clean_prefs, scores, noise: TeacherNoise, *, seed: int, step_sco
     """The labels of a noisy teacher from the noise-free teacher's.
 
     Args:
-        clean_prefs: `[P]` noise-free labels in {0, 1, -1} (`preferences_from_returns(scores, ...)`).
+        clean_prefs: `[P]` noise-free labels in {0, 1, -1} (`preferences_from_scores(scores, ...)`).
         scores: `[P, 2]` the scores the clean teacher compared.
         noise: The noise model and its knob.
         seed: Seed of the model's own stream (`noise_rng`); the pipeline passes the data seed.
@@ -264,9 +264,9 @@ def label_agreement(prefs, clean_prefs) -> dict:
 
 
 def _clean(scores, equal_threshold: float) -> np.ndarray:
-    from plare_jax.labeling.scripted import preferences_from_returns  # scripted imports this module
+    from plare_jax.labeling.scripted import preferences_from_scores  # scripted imports this module
 
-    return preferences_from_returns(scores, equal_threshold=equal_threshold)
+    return preferences_from_scores(scores, equal_threshold=equal_threshold)
 
 
 # Calibration: the knob as a monotone function of a bisection variable x in [0, 1] (x = 0 noise-free,

@@ -16,23 +16,23 @@ from plare_jax.labeling.base import FIRST, SECOND, UNSURE, LabelResult, PairBatc
 from plare_jax.labeling.noise import TeacherNoise, _noisy_labels, label_agreement
 
 
-def preferences_from_returns(returns, *, equal_threshold: float = 0.0) -> np.ndarray:
-    """Noise-free labels from returns.
+def preferences_from_scores(scores, *, equal_threshold: float = 0.0) -> np.ndarray:
+    """Noise-free labels from segment scores (progress, returns: any score where more is better).
 
     Args:
-        returns: `[P, 2]` segment returns.
-        equal_threshold: Pairs with `|R1 - R2| <= equal_threshold` are unsure. At 0,
+        scores: `[P, 2]` segment scores.
+        equal_threshold: Pairs with `|S1 - S2| <= equal_threshold` are unsure. At 0,
             only exact ties are unsure.
 
     Returns:
-        `[P]` int8 labels: 1 if the second return is higher, 0 if the first is, else -1.
+        `[P]` int8 labels: 1 if the second score is higher, 0 if the first is, else -1.
     """
-    returns = np.asarray(returns, dtype=np.float64)
-    if returns.ndim != 2 or returns.shape[1] != 2:
-        raise ValueError(f"returns must have shape [P, 2], got {returns.shape}.")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != 2:
+        raise ValueError(f"scores must have shape [P, 2], got {scores.shape}.")
     if equal_threshold < 0:
         raise ValueError(f"equal_threshold must be >= 0, got {equal_threshold}.")
-    diff = returns[:, 1] - returns[:, 0]
+    diff = scores[:, 1] - scores[:, 0]
     prefs = np.where(diff > 0, SECOND, FIRST).astype(np.int8)
     prefs[np.abs(diff) <= equal_threshold] = UNSURE
     return prefs
@@ -50,7 +50,7 @@ class ScriptedTeacher:
         mistake_rate: Legacy spelling of `noise=TeacherNoise("mistake", mistake_rate)`: probability
             in [0, 1] of flipping each sure label. Give `noise` or `mistake_rate`, not both.
 
-    `label()` reads `batch.returns` ([P, 2] scores; any score, e.g. progress) and, for the
+    `label()` reads `batch.scores` ([P, 2] scores; any score, e.g. progress) and, for the
     `myopic` model, `batch.step_scores` ([P, 2, T]). Its stats hold, besides labeler/pairs/
     unsure/flipped/wall_s: `noise_model`, `noise_level`, `noise_scale` (the gap scale, for the
     models that use it), `skipped` (pairs the skip rule dropped), `made_unsure` (clean-sure pairs
@@ -80,13 +80,13 @@ class ScriptedTeacher:
         return self.noise.level if self.noise.model == "mistake" else 0.0
 
     def label(self, batch: PairBatch, *, progress: bool = True) -> LabelResult:
-        """Labels `batch` from `batch.returns`; `progress` is ignored (instant)."""
+        """Labels `batch` from `batch.scores`; `progress` is ignored (instant)."""
         del progress
-        if batch.returns is None:
-            raise ValueError("ScriptedTeacher needs PairBatch.returns ([P, 2] ground-truth segment returns).")
+        if batch.scores is None:
+            raise ValueError("ScriptedTeacher needs PairBatch.scores ([P, 2] ground-truth segment scores).")
         start = time.perf_counter()
-        clean = preferences_from_returns(batch.returns, equal_threshold=self.equal_threshold)
-        prefs, info = _noisy_labels(clean, batch.returns, self.noise, seed=self.seed,
+        clean = preferences_from_scores(batch.scores, equal_threshold=self.equal_threshold)
+        prefs, info = _noisy_labels(clean, batch.scores, self.noise, seed=self.seed,
                                     step_scores=batch.step_scores)
         both_sure = (prefs != UNSURE) & (clean != UNSURE)
         wall_s = time.perf_counter() - start

@@ -94,7 +94,7 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
                                      should_stop=should_stop)
     timings["labels_s"] = time.perf_counter() - t0
 
-    oracle = ScriptedTeacher().label(PairBatch(task, returns=teacher_scores(config, pairs)),
+    oracle = ScriptedTeacher().label(PairBatch(task, scores=teacher_scores(config, pairs)),
                                      progress=False)
     report = labeling_report(preferences, oracle.preferences, stats)
     # Every run reports how its labels lean, whoever made them: a position-biased labeller shows

@@ -124,7 +124,7 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
         step_scores = teacher_step_scores(dataset, pairs) if config.teacher_noise == "myopic" else None
         teacher = scripted_teacher(config, scores, step_scores, data_seed=data_seed)
         # The teacher reads no text: the task id, not task_text (which warns about tasks without one).
-        result = teacher.label(PairBatch(task, returns=scores, step_scores=step_scores), progress=False)
+        result = teacher.label(PairBatch(task, scores=scores, step_scores=step_scores), progress=False)
         return result.preferences, result.stats
     goal_text = task_text(task, config.vlm.task_text)
     # MetaWorld rendering is imported here, not at module level: recorded-data runs use this module too.

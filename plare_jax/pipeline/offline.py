@@ -246,7 +246,7 @@ def label_recorded_pairs(config: OfflineConfig, choice: LabelerChoice, dataset: 
     if choice.kind == "scripted":
         teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
                                   mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
-        result = teacher.label(PairBatch(text, returns=teacher_scores(config, pairs)), progress=False)
+        result = teacher.label(PairBatch(text, scores=teacher_scores(config, pairs)), progress=False)
         return result.preferences, result.stats
     preferences, stats_list = [], []
     chunk = 512  # bounded memory; labels are stored as they come
@@ -297,7 +297,7 @@ def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, cho
     preferences, stats = label_recorded_pairs(config, choice, dataset, pairs, text, base_url, should_stop)
     timings["labels_s"] = time.perf_counter() - t0
     if dataset.rewards is not None:
-        teacher = ScriptedTeacher().label(PairBatch(text, returns=teacher_scores(config, pairs)), progress=False)
+        teacher = ScriptedTeacher().label(PairBatch(text, scores=teacher_scores(config, pairs)), progress=False)
         report = labeling_report(preferences, teacher.preferences, stats)
         print(f"labels ({choice.kind}):\n{format_report(report)}")
     else:
