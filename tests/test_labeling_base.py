@@ -84,12 +84,12 @@ def test_scripted_teacher_never_flips_unsure():
     assert np.all(prefs == UNSURE)
 
 
-def test_scripted_teacher_rejects_bad_config_and_missing_returns():
+def test_scripted_teacher_rejects_bad_config_and_missing_scores():
     with pytest.raises(ValueError):
         ScriptedTeacher(mistake_rate=1.5)
     with pytest.raises(ValueError):
         ScriptedTeacher(equal_threshold=-1)
-    with pytest.raises(ValueError, match="returns"):
+    with pytest.raises(ValueError, match="PairBatch.scores"):
         ScriptedTeacher().label(PairBatch("t", images=[(b"a", b"b")]))
 
 

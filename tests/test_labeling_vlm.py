@@ -1,6 +1,5 @@
 """Tests of the VLM labeler against the loopback OpenAI-compatible server (a real HTTP server)."""
 
-import logging
 import time
 
 import numpy as np
@@ -16,7 +15,6 @@ from plare_jax.labeling import (
     check_endpoint,
     labeling_report,
     parse_choice,
-    task_text,
 )
 from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer, brightness_png
 from plare_jax.labeling.store import LabelStore
@@ -122,9 +120,11 @@ def test_hung_request_times_out_is_retried_and_run_continues():
 
 def test_always_hung_pairs_become_unsure_others_labelled():
     images, levels = make_pairs(20)
-    behavior = LoopbackBehavior(hang_fraction=0.3, hang_s=5.0)
+    # Hung requests wait far past the timeout (released when the server stops); the timeout leaves
+    # a loaded machine seconds for the normal answers (at 0.3 s every request timed out under load).
+    behavior = LoopbackBehavior(hang_fraction=0.3, hang_s=60.0)
     with LoopbackVLMServer(behavior=behavior) as server:
-        result = VLMLabeler(fast_config(server, timeout_s=0.3, max_retries=1)).label(
+        result = VLMLabeler(fast_config(server, timeout_s=2.0, max_retries=1)).label(
             PairBatch(TASK, images=images), progress=False
         )
     failed = result.stats["failed"]
@@ -213,18 +213,6 @@ def test_base_url_from_environment_or_clear_error(monkeypatch):
 )  # fmt: skip
 def test_parse_choice(text, expected):
     assert parse_choice(text) == expected
-
-
-def test_task_text_builtin_override_and_generic(caplog):
-    assert task_text("drawer-open-v3") == "open the drawer"
-    assert task_text("sweep-into") == "place the green cube so that it lies on the square hole"
-    assert task_text("plate-slide-v3") == "place the black plate so that it lies inside the goal"
-    assert task_text("door-open-v3") == "open the door of the safe"
-    assert task_text("door-open-v3", override="swing the door open") == "swing the door open"
-    with caplog.at_level(logging.WARNING):
-        generic = task_text("button-press-topdown-v3")
-    assert "button press topdown" in generic
-    assert "no built-in task text" in caplog.text
 
 
 def test_unknown_prompt_version_is_a_clear_error():

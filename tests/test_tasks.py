@@ -1,6 +1,8 @@
+import logging
+
 import pytest
 
-from plare_jax.envs.tasks import ALL_TASKS, UnknownTaskError, resolve_task
+from plare_jax.envs.tasks import ALL_TASKS, UnknownTaskError, resolve_task, task_text
 
 
 def test_short_and_full_names_resolve_to_v3_ids():
@@ -27,3 +29,15 @@ def test_unknown_name_lists_closest_valid_names():
 def test_unknown_name_without_close_match_lists_all():
     with pytest.raises(UnknownTaskError, match="valid names: assembly"):
         resolve_task("zzzzzzzz")
+
+
+def test_task_text_builtin_override_and_generic(caplog):
+    assert task_text("drawer-open-v3") == "open the drawer"
+    assert task_text("sweep-into") == "place the green cube so that it lies on the square hole"
+    assert task_text("plate-slide-v3") == "place the black plate so that it lies inside the goal"
+    assert task_text("door-open-v3") == "open the door of the safe"
+    assert task_text("door-open-v3", override="swing the door open") == "swing the door open"
+    with caplog.at_level(logging.WARNING):
+        generic = task_text("button-press-topdown-v3")
+    assert "button press topdown" in generic
+    assert "no built-in task text" in caplog.text

@@ -60,7 +60,7 @@ def export_metaworld(
     Returns:
         The dataset directory.
     """
-    from plare_jax.labeling.vlm import task_text as default_task_text
+    from plare_jax.envs.tasks import task_text as default_task_text
 
     root = Path(root)
     if root.exists():

@@ -19,7 +19,7 @@ from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher, preferences_from_scores
 from plare_jax.labeling.store import LabelStore, LabelStoreError, label_key
 from plare_jax.labeling.vlm import (
-    VLMConfig, VLMConfigError, VLMEndpointError, VLMLabeler, check_endpoint, preflight, task_text,
+    VLMConfig, VLMConfigError, VLMEndpointError, VLMLabeler, check_endpoint, preflight,
 )  # fmt: skip
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "NOISE_MODELS", "NOISE_STREAM_ID", "TeacherNoise", "apply_noise", "calibrate_noise", "calibrate_unsure_rate",
     "gap_scale", "label_agreement", "noise_free_level",
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight", "parse_choice",
-    "task_text",
     "LabelStore", "LabelStoreError", "label_key",
     "launch_vllm", "local_gpu_available", "VLLMNotFoundError", "VLLMLaunchError",
     "labeling_report", "format_report",

@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "VLMConfig", "VLMLabeler", "VLMEndpointError", "VLMConfigError", "check_endpoint", "preflight",
-    "parse_choice", "task_text", "stage1_content", "structured_output_mode_for_version", "combine_orders",
+    "parse_choice", "stage1_content", "structured_output_mode_for_version", "combine_orders",
     "answer_stats", "REASONING_FIELDS",
 ]  # fmt: skip
 
@@ -78,13 +78,6 @@ BASE_URL_ENV = "PLARE_VLM_BASE_URL"
 # versions `reasoning_content`, newer `reasoning`); the answer stays in `content`.
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 _STATUS_DTYPE = f"<U{max(map(len, PAIR_STATUSES))}"
-# Task texts of the four tasks of the PLARE paper (MetaWorld names without version suffix).
-TASK_TEXTS = {
-    "drawer-open": "open the drawer",
-    "sweep-into": "place the green cube so that it lies on the square hole",
-    "plate-slide": "place the black plate so that it lies inside the goal",
-    "door-open": "open the door of the safe",
-}
 # How the stage-2 choice constraint is sent. vLLM >= 0.10.2 reads `structured_outputs`
 # (and 0.12 dropped `guided_choice`, which 0.32 ignores with a warning per request);
 # older vLLM reads `guided_choice`; "none" sends no constraint (answers are parsed).
@@ -183,27 +176,6 @@ class VLMConfig:
         It bounds the answer after any reasoning (the part pasted into stage 2 and stored); the
         reasoning itself is dropped unread, whatever its length."""
         return max(16_384, 64 * self.max_tokens)
-
-
-def task_text(task: str, override: str | None = None) -> str:
-    """The goal text sent to the VLM for a MetaWorld task.
-
-    Args:
-        task: Task name, with or without version suffix ("drawer-open", "drawer-open-v3").
-        override: If given, returned as is (user-chosen wording).
-
-    Returns:
-        The paper's text for its four tasks; otherwise a generic text derived from
-        the name (with a logged notice, since wording affects VLM accuracy).
-    """
-    if override:
-        return override
-    name = re.sub(r"-v\d+$", "", task.strip())
-    if name in TASK_TEXTS:
-        return TASK_TEXTS[name]
-    generic = "complete the task: " + name.replace("-", " ").replace("_", " ")
-    logger.warning("no built-in task text for %r; using %r (pass an override for better labels)", task, generic)
-    return generic
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from plare_jax.labeling.base import PairBatch
 from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, noise_free_level
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
-from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight, task_text
+from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig
 
 VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
@@ -126,9 +126,11 @@ def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, data
         # The teacher reads no text: the task id, not task_text (which warns about tasks without one).
         result = teacher.label(PairBatch(task, scores=scores, step_scores=step_scores), progress=False)
         return result.preferences, result.stats
-    goal_text = task_text(task, config.vlm.task_text)
-    # MetaWorld rendering is imported here, not at module level: recorded-data runs use this module too.
+    # MetaWorld is imported here, not at module level: recorded-data runs use this module too.
     from plare_jax.envs.render import RenderConfig, render_pair_images
+    from plare_jax.envs.tasks import task_text
+
+    goal_text = task_text(task, config.vlm.task_text)
 
     render_config = RenderConfig(num_keyframes=config.num_keyframes)
     labeler_config = vlm_config(config, base_url)
