@@ -105,11 +105,11 @@ def diagnose(config: DiagnosticsConfig) -> dict:
     from plare_jax.pipeline.data import prepare_task
     from plare_jax.pipeline.labels import choose_labeler
     from plare_jax.pipeline.run import load_resumed_config, unit_dir
-    from plare_jax.pipeline.train import learner_config
+    from plare_jax.pipeline.train import checkpoint_dir, learner_config
 
     run_config = load_resumed_config(config.run)
     task = resolve_task(config.env)
-    checkpoints = unit_dir(config.run, task, config.data_seed, config.seed) / "checkpoints" / "rlvlmf"
+    checkpoints = checkpoint_dir(unit_dir(config.run, task, config.data_seed, config.seed), "rlvlmf")
     if not checkpoints.is_dir():
         raise FileNotFoundError(f"{checkpoints}: no rlvlmf checkpoint (did the run train rlvlmf on this unit?)")
     with tempfile.TemporaryDirectory() as scratch:  # prepare_task writes a data card; keep the run as it is

@@ -42,7 +42,7 @@ from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions,
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
-from plare_jax.pipeline.train import learner_config, method_evals, train_seed
+from plare_jax.pipeline.train import checkpoint_dir, learner_config, method_evals, train_seed
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that read simulator ground truth cannot run on data without it.
@@ -453,7 +453,7 @@ def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_na
     target = method.create(key, policy_config, prepared.task.training, init=init,
                            options=config.method_options(method_name))
     branch = method_name
-    manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
+    manager = ckpt.make_checkpoint_manager(checkpoint_dir(unit_dir, branch), max_to_keep=2)
     try:
         if ckpt.latest_step(manager) is None:
             return target

@@ -25,6 +25,12 @@ from plare_jax.pipeline.data import TaskData
 
 SHARED_BC_BRANCH = "bc_phase"
 
+
+def checkpoint_dir(unit_dir: pathlib.Path, branch: str) -> pathlib.Path:
+    """Where one branch (the shared BC phase or a method) of one run unit keeps its checkpoints:
+    the one place that spells the layout (training, restoring and the diagnostics read it)."""
+    return pathlib.Path(unit_dir) / "checkpoints" / branch
+
 EvaluateFn = Callable[..., dict]
 """(policy, video path or None, *, final=False) -> the evaluation's numbers, e.g. {"success_rate",
 "mean_return"}. `final` marks a method's last evaluation, the one its result reports, which may
@@ -107,7 +113,7 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
     tracker = tracker or tracking.NO_TRACKING
     evaluate_fn = evaluate_fn or metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0), seed,
                                                      should_stop)
-    manager = ckpt.make_checkpoint_manager(unit_dir / "checkpoints" / branch, max_to_keep=2)
+    manager = ckpt.make_checkpoint_manager(checkpoint_dir(unit_dir, branch), max_to_keep=2)
     end_step = start_step + num_steps
     step = start_step
     latest = ckpt.latest_step(manager)
