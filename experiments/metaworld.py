@@ -102,7 +102,7 @@ PAPER = dataclasses.replace(
     cpl_steps=300_000,
     metrics_every=1000,
     eval_every=5000,
-    rlvlmf=rlvlmf.PAPER,
+    methods=dataclasses.replace(QUICK.methods, rlvlmf=rlvlmf.PAPER),
 )
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

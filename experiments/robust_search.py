@@ -99,7 +99,8 @@ def search(config: SearchConfig) -> dict:
                           "may be searched; data seeds 3+ are for reported results")
     # plare-robust itself is not run here: pin its options so that the choice this search informs
     # (methods.plare.ROBUST) never makes an existing search look like another experiment.
-    base = dataclasses.replace(config.experiment, labeler="scripted", plare_robust=CPLOptions())
+    base = dataclasses.replace(config.experiment, labeler="scripted",
+                               methods=dataclasses.replace(config.experiment.methods, plare_robust=CPLOptions()))
     validate(base)
     search_dir = base.out_dir / config.name
     search_dir.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,7 @@ TWO_DEVICE_SCRIPT = textwrap.dedent(
     sys.path.insert(0, "tests")
     from test_data_parallel import TrainCalls, dot_rows, run_stage, tiny_config, tiny_task_data
     from plare_jax.methods import rlvlmf
-    from plare_jax.pipeline.config import ConfigError
+    from plare_jax.pipeline.config import ConfigError, MethodOptions
     from plare_jax.pipeline.run import training_mesh
 
     assert jax.device_count() == 2, jax.devices()
@@ -215,7 +215,7 @@ TWO_DEVICE_SCRIPT = textwrap.dedent(
     out["errors"] = {
         "too_many": error(devices=3),
         "pairs": error(devices=2, batch_pairs=5),
-        "rlvlmf": error(method=("rlvlmf",), rlvlmf=dataclasses.replace(rlvlmf.QUICK, batch_size=255)),
+        "rlvlmf": error(method=("rlvlmf",), methods=dataclasses.replace(MethodOptions(), rlvlmf=dataclasses.replace(rlvlmf.QUICK, batch_size=255))),
         "unused_pairs": error(method=("bc",), batch_pairs=5),
         "one_device": error(devices=1, batch_pairs=5, bc_batch_size=63),
     }

@@ -48,9 +48,16 @@ def test_help_lists_every_option(tmp_path):
     assert proc.returncode == 0, proc.stderr
     module = load_cli_module()
     for field in dataclasses.fields(module.ExperimentConfig):
-        if field.name == "vlm":
+        if field.name in ("vlm", "methods"):
             continue
         assert f"--{field.name.replace('_', '-')}" in proc.stdout, field.name
+    # Every registered method with options has its group, from the registry.
+    from plare_jax.methods import METHODS
+
+    for name, method in METHODS.items():
+        if method.default_options is not None:
+            for option in dataclasses.fields(method.default_options):
+                assert f"--{name}.{option.name.replace('_', '-')}" in proc.stdout, (name, option.name)
     for field in dataclasses.fields(VLMOptions):
         assert f"--vlm.{field.name.replace('_', '-')}" in proc.stdout, field.name
     assert "paper" in proc.stdout and "quick" in proc.stdout

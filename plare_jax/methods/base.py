@@ -141,6 +141,16 @@ class Method(Protocol):
     """Continue from the shared BC-phase policy (else start from scratch for the whole budget)."""
     oracle: bool
     """Reads simulator ground truth (e.g. percentile BC): a reference, not a competitor."""
+    default_options: Any
+    """The method's own options, a frozen dataclass (the CLIs show it as the group `--NAME.*`,
+    built from the registry), or None for a method without options."""
+    options_help: str
+    """One line for the options group in --help ("" without options)."""
+
+    def options_for_run(self, options: Any, *, total_steps: int) -> Any:
+        """`options` adjusted to a run's update budget (e.g. a schedule spanning `total_steps`);
+        most methods return them unchanged."""
+        ...
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: LearnerState | None, options: Any = None) -> Any:

@@ -23,6 +23,11 @@ class BC:
     description: str = "BC: behaviour cloning on all offline data (labels unused)"
     starts_from_bc_phase: bool = True
     oracle: bool = False
+    default_options: None = None  # no options of its own
+    options_help: str = ""
+
+    def options_for_run(self, options: None, *, total_steps: int) -> None:
+        return options
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: LearnerState | None, options: Any = None) -> LearnerState:

@@ -73,6 +73,11 @@ class PBC:
     description: str = "%BC (oracle): behaviour cloning on the top episodes by the simulator's score"
     starts_from_bc_phase: bool = False
     oracle: bool = True
+    default_options: PBCOptions = PBCOptions()
+    options_help: str = "Percentile BC (oracle reference; needs the simulator's or stored rewards)."
+
+    def options_for_run(self, options: PBCOptions, *, total_steps: int) -> PBCOptions:
+        return options
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: Any = None, options: PBCOptions | None = None) -> PBCState:

@@ -161,10 +161,14 @@ class PLARE:
     starts_from_bc_phase: bool = True
     oracle: bool = False
     default_options: CPLOptions = CPLOptions()
+    options_help: str = "PLARE's CPL-phase options (all off: the paper's CPL)."
 
     @property
     def options_type(self) -> type:
         return CPLOptions
+
+    def options_for_run(self, options: CPLOptions, *, total_steps: int) -> CPLOptions:
+        return options
 
     def _options(self, options: Any) -> CPLOptions:
         return self.default_options if options is None else options
@@ -227,4 +231,6 @@ class PLARE:
 METHOD = PLARE()
 ROBUST_METHOD = PLARE(name="plare-robust",
                       description="PLARE-robust: CPL with noise-robust options (docs/methods.md)",
-                      default_options=ROBUST)
+                      default_options=ROBUST,
+                      options_help="plare-robust: CPL with the noise-robust options chosen on development "
+                                   "data (docs/methods.md).")

@@ -504,6 +504,13 @@ class RLVLMF:
     description: str = "RL-VLM-F: Bradley-Terry reward model on the labels, then IQL (the paper's baseline)"
     starts_from_bc_phase: bool = True
     oracle: bool = False
+    default_options: RLVLMFOptions = QUICK
+    options_help: str = ("The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and "
+                         "--dropout-rate, and its schedule spans the run's --bc-steps + --cpl-steps IQL updates.")
+
+    def options_for_run(self, options: RLVLMFOptions, *, total_steps: int) -> RLVLMFOptions:
+        """The learning-rate schedule spans the run's whole budget (--bc-steps + --cpl-steps)."""
+        return dataclasses.replace(options, schedule_steps=max(1, total_steps))
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: Any = None, options: RLVLMFOptions | None = None) -> RLVLMFState:

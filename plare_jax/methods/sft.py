@@ -48,6 +48,11 @@ class SFT:
     description: str = "SFT: behaviour cloning on the preferred segments only"
     starts_from_bc_phase: bool = True
     oracle: bool = False
+    default_options: None = None  # no options of its own
+    options_help: str = ""
+
+    def options_for_run(self, options: None, *, total_steps: int) -> None:
+        return options
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: LearnerState | None, options: Any = None) -> LearnerState:

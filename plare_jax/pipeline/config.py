@@ -14,10 +14,8 @@ from typing import Annotated, Literal
 import tyro
 
 from plare_jax.learner import LearnerConfig
-from plare_jax.methods import METHODS
-from plare_jax.methods import rlvlmf as rlvlmf_method
-from plare_jax.methods.pbc import PBCOptions
-from plare_jax.methods.plare import ROBUST, CPLOptions
+from plare_jax.methods import METHODS, get_method
+from plare_jax.methods.plare import CPLOptions
 from plare_jax.labeling.noise import NOISE_MODELS, TeacherNoise
 from plare_jax.errors import PlareError
 
@@ -28,6 +26,34 @@ TeacherNoiseName = Literal[tuple(NOISE_MODELS)]  # type: ignore[valid-type]
 
 class ConfigError(PlareError, ValueError):
     """An option value that cannot work; raised before any work is done."""
+
+
+def options_field(method_name: str) -> str:
+    """The field of `MethodOptions` that holds a method's options (its CLI group `--NAME.*`)."""
+    return method_name.replace("-", "_")
+
+
+def _method_options_class() -> type:
+    """A frozen dataclass with one field per registered method that has options, defaulting to
+    the method's own `default_options`: adding a method with options is its module plus the
+    registry line, and its `--NAME.*` group appears in every CLI."""
+    fields = [(options_field(name), Annotated[type(m.default_options), tyro.conf.arg(help=m.options_help)],
+               dataclasses.field(default=m.default_options))
+              for name, m in METHODS.items() if m.default_options is not None]
+    cls = dataclasses.make_dataclass("MethodOptions", fields, frozen=True)
+    cls.__module__ = __name__  # picklable and printable as plare_jax.pipeline.config.MethodOptions
+    cls.__doc__ = "Each method's own options, as its module declares them (from the method registry)."
+    return cls
+
+
+MethodOptions = _method_options_class()
+
+
+def method_options(methods, name: str, *, total_steps: int):
+    """Method `name`'s options from a `MethodOptions`, adjusted to the run's budget (None if the
+    method has none)."""
+    options = getattr(methods, options_field(name), None)
+    return None if options is None else get_method(name).options_for_run(options, total_steps=total_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,15 +244,8 @@ class ExperimentConfig:
     recollect: bool = False
     """Collect the offline data again even when it is cached (replaces a corrupt or truncated cache file)."""
     vlm: VLMOptions = VLMOptions()
-    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
-    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
-    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
-    pbc: PBCOptions = PBCOptions()
-    """Percentile BC (oracle reference)."""
-    plare: CPLOptions = CPLOptions()
-    """PLARE's CPL-phase options (all off: the paper's CPL)."""
-    plare_robust: CPLOptions = ROBUST
-    """plare-robust: CPL with the noise-robust options chosen on development data (docs/methods.md)."""
+    methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
+    """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*)."""
 
     @property
     def total_steps(self) -> int:
@@ -244,21 +263,20 @@ class ExperimentConfig:
         return tuple(resolve_task(name) for name in self.env)
 
     def method_options(self, name: str):
-        """The method's own options (a field named after it), or None if it has none.
-
-        Options with a `schedule_steps` field (a learning-rate schedule's length) get the run's
-        update budget, so the schedule follows --bc-steps/--cpl-steps.
-        """
-        options = getattr(self, name.replace("-", "_"), None)
-        if dataclasses.is_dataclass(options) and any(
-                f.name == "schedule_steps" for f in dataclasses.fields(options)):
-            options = dataclasses.replace(options, schedule_steps=max(1, self.total_steps))
-        return options
+        """The method's own options adjusted to this run's budget, or None if it has none."""
+        return method_options(self.methods, name, total_steps=self.total_steps)
 
 
 def validate_updates(config) -> None:
-    """The checks on the policy/update and labelling options that every experiment shares (the
-    MetaWorld one here, the recorded-data one in pipeline/offline.py)."""
+    """The checks on the policy/update, labelling and method options that every experiment shares
+    (the MetaWorld one here, the recorded-data one in pipeline/offline.py)."""
+    for name in METHODS:
+        options = getattr(config.methods, options_field(name), None)
+        if isinstance(options, CPLOptions):
+            try:
+                options.learner_config(LearnerConfig())
+            except ValueError as e:
+                raise ConfigError(f"--{name}.* options: {e}") from None
     for name in ("num_pairs", "segment_length", "num_keyframes", "batch_pairs", "bc_batch_size",
                  "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
         if getattr(config, name) <= 0:
@@ -303,11 +321,6 @@ def validate(config: ExperimentConfig) -> None:
         if config.teacher_noise_level is not None:
             raise ConfigError("pass --teacher-agreement or --teacher-noise-level, not both: the agreement "
                               "sets the level")
-    for name in ("plare", "plare_robust"):
-        try:
-            getattr(config, name).learner_config(LearnerConfig())
-        except ValueError as e:
-            raise ConfigError(f"--{name.replace('_', '-')} options: {e}") from None
     if config.segment_length > config.collection_horizon:
         raise ConfigError(f"--segment-length ({config.segment_length}) is longer than an episode "
                           f"(--collection-horizon {config.collection_horizon})")
@@ -378,6 +391,7 @@ def config_from_dict(values: dict, cls: type | None = None):
     keys (options since removed) are dropped and the options added since take their defaults."""
     cls = cls or ExperimentConfig
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    legacy_methods = {}
     legacy = cls is ExperimentConfig  # run dirs written before --data-seeds and --teacher-noise existed
     kwargs = {}
     for name, value in values.items():
@@ -385,6 +399,9 @@ def config_from_dict(values: dict, cls: type | None = None):
             name = "teacher_noise_level"
         elif legacy and name == "data_seed":
             name, value = "data_seeds", (value,)
+        if name in _METHOD_OPTION_FIELDS and "methods" in fields and name not in fields:
+            legacy_methods[name] = value  # run dirs written before the options were grouped
+            continue
         if name not in fields:
             continue
         default = fields[name].default
@@ -395,9 +412,26 @@ def config_from_dict(values: dict, cls: type | None = None):
         elif name in _PATH_FIELDS and value is not None:
             value = pathlib.Path(value)
         kwargs[name] = value
+    if legacy_methods:
+        stored = dataclasses.asdict(kwargs.get("methods", MethodOptions()))
+        kwargs["methods"] = _nested_from_dict(MethodOptions, {**stored, **legacy_methods})
     return cls(**kwargs)
 
 
+_METHOD_OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(MethodOptions))
+
+
 def _nested_from_dict(cls, values: dict):
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+    """`cls` from its stored dict, nested option dataclasses included (unknown keys dropped)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields:
+            continue
+        default = fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _nested_from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

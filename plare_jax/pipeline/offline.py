@@ -35,10 +35,9 @@ from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import BC_PHASE, METHODS, get_method
-from plare_jax.methods import rlvlmf as rlvlmf_method
-from plare_jax.methods.pbc import PBCOptions
 from plare_jax.interrupts import raise_if_stopped, stop_on_signals
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, VLMOptions, config_from_dict, validate_updates
+from plare_jax.pipeline.config import (ConfigError, MethodOptions, VLMOptions, config_from_dict, method_options,
+                                       validate_updates)
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
@@ -142,11 +141,8 @@ class OfflineConfig:
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
     vlm: VLMOptions = VLMOptions()
-    rlvlmf: rlvlmf_method.RLVLMFOptions = rlvlmf_method.QUICK
-    """The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and --dropout-rate,
-    and its schedule spans the run's --bc-steps + --cpl-steps IQL updates."""
-    pbc: PBCOptions = PBCOptions()
-    """Percentile BC (oracle reference; needs stored rewards)."""
+    methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
+    """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*), as on MetaWorld."""
 
     @property
     def total_steps(self) -> int:
@@ -154,7 +150,7 @@ class OfflineConfig:
 
     def method_options(self, name: str):
         """The method's own options, as in the MetaWorld experiment (schedules follow the budget)."""
-        return ExperimentConfig.method_options(self, name)
+        return method_options(self.methods, name, total_steps=self.total_steps)
 
 
 def validate(config: OfflineConfig) -> None:

@@ -64,8 +64,8 @@ def _batch_sizes(config: ExperimentConfig) -> list[tuple[str, int]]:
     if any(isinstance(get_method(name), PLARE) for name in config.method):
         sizes.append(("--batch-pairs", config.batch_pairs))
     if "rlvlmf" in config.method:
-        sizes += [("--rlvlmf.batch-size", config.rlvlmf.batch_size),
-                  ("--rlvlmf.reward-batch-pairs", config.rlvlmf.reward_batch_pairs)]
+        sizes += [("--rlvlmf.batch-size", config.methods.rlvlmf.batch_size),
+                  ("--rlvlmf.reward-batch-pairs", config.methods.rlvlmf.reward_batch_pairs)]
     return sizes
 
 

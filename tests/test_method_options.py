@@ -1,0 +1,55 @@
+"""Each method's options are declared once, in its module; the CLIs' option groups come from the
+method registry, and run directories written before the grouping still load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+
+import tyro
+
+from plare_jax.methods import METHODS, rlvlmf
+from plare_jax.pipeline import config as config_module
+from plare_jax.pipeline.config import ExperimentConfig, MethodOptions, config_from_dict, options_field
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyOptions:
+    width: int = 3
+    """How wide the toy is."""
+
+
+def test_a_registered_method_with_options_gets_its_cli_group(monkeypatch):
+    toy = types.SimpleNamespace(name="toy-method", default_options=ToyOptions(), options_help="A toy method.",
+                                options_for_run=lambda options, *, total_steps: options)
+    monkeypatch.setitem(config_module.METHODS, "toy-method", toy)
+    cls = config_module._method_options_class()
+    assert cls().toy_method == ToyOptions()
+    assert tyro.cli(cls, args=["--toy-method.width", "5"]).toy_method.width == 5
+
+
+def test_every_method_with_options_has_a_field_with_its_defaults():
+    defaults = MethodOptions()
+    for name, method in METHODS.items():
+        if method.default_options is None:
+            assert not hasattr(defaults, options_field(name)), name
+        else:
+            assert getattr(defaults, options_field(name)) == method.default_options, name
+
+
+def test_rlvlmf_schedule_follows_the_run_budget_through_the_method_not_a_field_name():
+    config = dataclasses.replace(ExperimentConfig(), bc_steps=1000, cpl_steps=2500)
+    assert config.method_options("rlvlmf").schedule_steps == 3500
+    assert config.methods.rlvlmf.schedule_steps == rlvlmf.QUICK.schedule_steps  # the stored option is unchanged
+    assert config.method_options("bc") is None
+
+
+def test_old_run_directories_with_top_level_method_options_still_load():
+    config = dataclasses.replace(
+        ExperimentConfig(), methods=dataclasses.replace(MethodOptions(), rlvlmf=dataclasses.replace(rlvlmf.QUICK, batch_size=64)))
+    stored = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    assert config_from_dict(stored) == config
+    legacy = {k: v for k, v in stored.items() if k != "methods"}
+    legacy.update(stored["methods"])  # the layout before the grouping: rlvlmf, pbc, plare, plare_robust at the top
+    assert config_from_dict(legacy) == config
