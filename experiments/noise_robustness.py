@@ -56,6 +56,10 @@ class NoiseRobustnessConfig:
     """(noise model, agreement) of the probability-of-improvement figure."""
     name: str = "noise-robustness"
     """Folder of the sweep under --out-dir; an existing sweep is continued (finished runs reused)."""
+    summarize_only: bool = False
+    """Train nothing: draw the summary and figures from the runs finished so far in the sweep's
+    folder (each point's results.json holds every finished (data seed, seed) run; the runs must be
+    the same for every method of a point). Points not started are left out, and said."""
     experiment: Annotated[ExperimentConfig, tyro.conf.arg(name="")] = DEFAULT_EXPERIMENT
     """Every option of experiments/metaworld.py (labels from the scripted teacher)."""
 
@@ -93,6 +97,8 @@ def run_sweep(config: NoiseRobustnessConfig) -> dict:
     sweep_dir = base.out_dir / config.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     results = {}
+    if config.summarize_only:
+        return summarize_finished(config, sweep_dir)
     for model, agreement in points(config):
         name = point_run_name(model, agreement)
         if name not in results:
@@ -104,16 +110,35 @@ def run_sweep(config: NoiseRobustnessConfig) -> dict:
     return summarize_sweep(config, results, sweep_dir)
 
 
+def summarize_finished(config: NoiseRobustnessConfig, sweep_dir) -> dict:
+    """`summarize_sweep` over the points with results so far (finished or interrupted runs)."""
+    results, missing = {}, []
+    for model, agreement in points(config):
+        name = point_run_name(model, agreement)
+        path = sweep_dir / name / "results.json"
+        if path.exists():
+            results[name] = runs.read_json(path)
+        else:
+            missing.append(name)
+    if not results:
+        raise ConfigError(f"--summarize-only: no point of this sweep has results yet in {sweep_dir}")
+    if missing:
+        print(f"--summarize-only: no results yet for {', '.join(missing)} (left out)", file=sys.stderr)
+    kept = [(m, a) for m, a in points(config) if point_run_name(m, a) in results]
+    return summarize_sweep(config, results, sweep_dir, only=kept)
+
+
 def realized_agreement(results: dict) -> float | None:
     """Mean over tasks and data seeds of the labels' measured agreement with the noise-free teacher."""
     values = [a for info in results["tasks"].values() for a in info.get("label_accuracy", []) if a is not None]
     return float(np.mean(values)) if values else None
 
 
-def summarize_sweep(config: NoiseRobustnessConfig, results: dict, sweep_dir) -> dict:
+def summarize_sweep(config: NoiseRobustnessConfig, results: dict, sweep_dir,
+                    only: list[tuple[str, float]] | None = None) -> dict:
     summary = {"points": {}}
     curve: dict = {}
-    for model, agreement in points(config):
+    for model, agreement in (points(config) if only is None else only):
         name = point_run_name(model, agreement)
         table = stats.scores_from_results(results[name])
         competing = {m: s for m, s in table.scores.items() if not table.oracle.get(m)}

@@ -85,3 +85,14 @@ def test_noise_robustness_sweep_reports_aggregate_iqm_and_improvement_at_the_cal
     assert (sweep / "noise_robustness.png").stat().st_size > 0
     assert (sweep / "probability_of_improvement.png").stat().st_size > 0
     assert "hard-pairs@0.80" in proc.stdout
+
+    # --summarize-only trains nothing and draws the same summary from the finished runs; a point
+    # not started yet is left out and said.
+    (sweep / "noise_robustness.json").unlink()
+    both = [a if a != "0.8" or args[i - 1] != "--agreements" else "1 0.8" for i, a in enumerate(args)]
+    both = [part for a in both for part in a.split(" ")]  # --agreements 1 0.8
+    again = run_script("noise_robustness.py", [*both, "--summarize-only"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "no results yet for clean" in again.stderr
+    assert not (sweep / "clean").exists()  # nothing was run
+    assert json.loads((sweep / "noise_robustness.json").read_text()) == summary

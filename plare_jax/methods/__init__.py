@@ -1,6 +1,9 @@
 """Training methods, one module each, all with the interface of `base.Method`.
 
-Adding a method: write its module with a `METHOD` object and add it to `_ALL` below.
+Adding a method: write its module with a `METHOD` object and add it to `_ALL` below. That is all,
+its options included: a method with options names them in `default_options` (a frozen
+dataclass) and `options_help`, and every CLI gets the group `--NAME.*` from this registry
+(`plare_jax.pipeline.config.MethodOptions`).
 """
 
 from plare_jax.methods import bc, pbc, plare, rlvlmf, sft
