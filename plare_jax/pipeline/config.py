@@ -391,9 +391,8 @@ def config_from_dict(values: dict, cls: type | None = None):
     keys (options since removed) are dropped and the options added since take their defaults."""
     cls = cls or ExperimentConfig
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    legacy_methods = {}
     legacy = cls is ExperimentConfig  # run dirs written before --data-seeds and --teacher-noise existed
-    kwargs = {}
+    renamed, legacy_methods = {}, {}
     for name, value in values.items():
         if legacy and name == "teacher_mistake_rate":
             name = "teacher_noise_level"
@@ -401,28 +400,20 @@ def config_from_dict(values: dict, cls: type | None = None):
             name, value = "data_seeds", (value,)
         if name in _METHOD_OPTION_FIELDS and "methods" in fields and name not in fields:
             legacy_methods[name] = value  # run dirs written before the options were grouped
-            continue
-        if name not in fields:
-            continue
-        default = fields[name].default
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _nested_from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        elif name in _PATH_FIELDS and value is not None:
-            value = pathlib.Path(value)
-        kwargs[name] = value
+        else:
+            renamed[name] = value
     if legacy_methods:
-        stored = dataclasses.asdict(kwargs.get("methods", MethodOptions()))
-        kwargs["methods"] = _nested_from_dict(MethodOptions, {**stored, **legacy_methods})
-    return cls(**kwargs)
+        renamed["methods"] = {**dataclasses.asdict(MethodOptions()), **(renamed.get("methods") or {}),
+                              **legacy_methods}
+    return _nested_from_dict(cls, renamed)
 
 
 _METHOD_OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(MethodOptions))
 
 
 def _nested_from_dict(cls, values: dict):
-    """`cls` from its stored dict, nested option dataclasses included (unknown keys dropped)."""
+    """`cls` from its stored dict: nested option dataclasses rebuilt, lists back to tuples, paths
+    back to Paths; unknown keys (options since removed) dropped."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
@@ -433,5 +424,7 @@ def _nested_from_dict(cls, values: dict):
             value = _nested_from_dict(type(default), value)
         elif isinstance(value, list):
             value = tuple(value)
+        elif name in _PATH_FIELDS and value is not None:
+            value = pathlib.Path(value)
         kwargs[name] = value
     return cls(**kwargs)
