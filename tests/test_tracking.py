@@ -253,7 +253,7 @@ def test_tensorboard_and_wandb_log_config_metrics_evals_and_results(tmp_path):
     assert len(wandb_files) == 1, list((run_dir / "wandb").rglob("*"))
     config, history, summary = wandb_contents(wandb_files[0])
     assert config["env"] == ["reach"] and config["labeler"] == "scripted" and config["track"] == ["tensorboard", "wandb"]
-    assert config["bc_steps"] == 20 and isinstance(config["plare"], dict)  # nested options stay nested
+    assert config["bc_steps"] == 20 and isinstance(config["methods"]["plare"], dict)  # nested options stay nested
     logged = {}
     for row in history:
         for key, value in row.items():
