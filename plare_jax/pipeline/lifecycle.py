@@ -22,10 +22,20 @@ import shutil
 import sys
 from collections.abc import Callable
 
+from plare_jax import runs
 from plare_jax.interrupts import StopRequested
 from plare_jax.labeling import launcher as vllm_launcher
 
-__all__ = ["RunGuard", "vlm_server"]
+__all__ = ["RunGuard", "load_stored_config", "vlm_server"]
+
+
+def load_stored_config(run_dir: pathlib.Path, cls: type):
+    """The config a run directory was started with (its config.json), as `cls`; what --resume uses."""
+    from plare_jax.pipeline.config import config_from_dict
+
+    if not (run_dir / "config.json").exists():
+        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
+    return config_from_dict(runs.read_json(run_dir / "config.json"), cls)
 
 
 def vlm_server(vlm, choice, log_path: pathlib.Path, *, enabled: bool = True):
@@ -49,7 +59,8 @@ class RunGuard:
 
     Attributes:
         training_started: set by the pipeline once the first training stage begins.
-        on_exit: called with the exit code before the message, e.g. to close a tracker.
+        on_exit: called with the exit code before the message, e.g. to close a tracker; if it
+            raises, a warning says so and the run still ends as it would have.
     """
 
     def __init__(self, run_dir: pathlib.Path, resume_command: str, *, resumed: bool, primary: bool = True,

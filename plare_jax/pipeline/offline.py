@@ -36,11 +36,10 @@ from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import BC_PHASE, METHODS, get_method
 from plare_jax.interrupts import raise_if_stopped, stop_on_signals
-from plare_jax.pipeline.config import (ConfigError, MethodOptions, VLMOptions, config_from_dict, method_options,
-                                       validate_updates)
+from plare_jax.pipeline.config import (ConfigError, MethodOptions, VLMOptions, method_options, validate_updates)
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
-from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
+from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
 from plare_jax.pipeline.train import checkpoint_dir, learner_config, method_evals, train_seed
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -462,13 +461,11 @@ RESUME_COMMAND = "python experiments/offline.py --resume {run_dir}"
 
 
 def load_resumed_config(run_dir: pathlib.Path) -> OfflineConfig:
-    if not (run_dir / "config.json").exists():
-        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
-    stored = runs.read_json(run_dir / "config.json")
-    if "data" not in stored:
+    config = load_stored_config(run_dir, OfflineConfig)
+    if config.data is None:
         raise runs.RunDirError(f"--resume {run_dir}: not a recorded-data run (its config.json has no 'data'; "
                                "MetaWorld runs resume with experiments/metaworld.py --resume)")
-    return config_from_dict(stored, OfflineConfig)
+    return config
 
 
 def run_offline(config: OfflineConfig) -> dict:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 
 import jax
 
 from plare_jax import plotting, runs, sharding, tracking
 from plare_jax.interrupts import stop_on_signals
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, config_from_dict, validate
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
 from plare_jax.pipeline.data import prepare_task
 from plare_jax.pipeline.labels import choose_labeler
-from plare_jax.pipeline.lifecycle import RunGuard, vlm_server
+from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.methods import get_method
 from plare_jax.methods.plare import PLARE
@@ -29,9 +28,7 @@ def unit_dir(run_dir: pathlib.Path, task: str, data_seed: int, seed: int | None 
 
 
 def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
-    if not (run_dir / "config.json").exists():
-        raise runs.RunDirError(f"--resume {run_dir}: not a run directory (no config.json)")
-    return config_from_dict(runs.read_json(run_dir / "config.json"))
+    return load_stored_config(run_dir, ExperimentConfig)
 
 
 # Options that say where a run lives or how it is executed, not what it computes.
@@ -175,7 +172,7 @@ def _run(config: ExperimentConfig, stop) -> dict:
     tracker = tracking.Tracker()  # --track none: drops everything
 
     def close_tracker(exit_code: int) -> None:  # the tracker open when the run stops or fails
-        _close_tracker(tracker, exit_code)
+        tracker.close(exit_code=exit_code)
 
     with RunGuard(run_dir, RESUME_COMMAND.format(run_dir=run_dir), resumed=resume_dir is not None,
                   primary=primary, on_exit=close_tracker) as guard:
@@ -222,11 +219,3 @@ def _run(config: ExperimentConfig, stop) -> dict:
     tracker.close()
     print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}")
     return results
-
-
-def _close_tracker(tracker: tracking.Tracker, exit_code: int) -> None:
-    """Close the tracker of a run that stopped or failed, without hiding why it did."""
-    try:
-        tracker.close(exit_code=exit_code)
-    except Exception as e:
-        print(f"warning: closing the --track backends failed: {e}", file=sys.stderr)
