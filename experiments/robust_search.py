@@ -29,7 +29,7 @@ import tyro  # noqa: E402
 
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax import runs  # noqa: E402
-from plare_jax.methods import METHODS  # noqa: E402
+from plare_jax.methods import registered  # noqa: E402
 from plare_jax.methods.plare import PLARE, CPLOptions  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
@@ -55,13 +55,11 @@ CandidateName = Literal[tuple(CANDIDATES)]  # type: ignore[valid-type]
 REFERENCE_METHODS = ("plare", "bc")
 
 
-def candidate_method(name: str) -> str:
-    """The method name of a candidate, registered on first use (a PLARE learner with its options)."""
+def candidate_method(name: str) -> PLARE:
+    """A candidate as a method of its own, `robust-NAME`: a PLARE learner with its options. Its
+    options are fixed (no CLI group): the search registers it only while it runs."""
     method_name = f"robust-{name}"
-    if method_name not in METHODS:
-        METHODS[method_name] = PLARE(name=method_name, description=f"plare-robust candidate {name}",
-                                     default_options=CANDIDATES[name])
-    return method_name
+    return PLARE(name=method_name, description=f"plare-robust candidate {name}", default_options=CANDIDATES[name])
 
 DEFAULT_EXPERIMENT = dataclasses.replace(
     ExperimentConfig(), env=("door-open",), data_seeds=DEVELOPMENT_DATA_SEEDS, seeds=(0,),
@@ -104,9 +102,11 @@ def search(config: SearchConfig) -> dict:
     validate(base)
     search_dir = base.out_dir / config.name
     search_dir.mkdir(parents=True, exist_ok=True)
-    methods = {name: candidate_method(name) for name in config.candidates}
-    results = run_or_reuse(dataclasses.replace(base, method=REFERENCE_METHODS + tuple(methods.values()),
-                                               out_dir=search_dir, run_name="search"))
+    candidates = {name: candidate_method(name) for name in config.candidates}
+    methods = {name: method.name for name, method in candidates.items()}
+    with registered({method.name: method for method in candidates.values()}):
+        results = run_or_reuse(dataclasses.replace(base, method=REFERENCE_METHODS + tuple(methods.values()),
+                                                   out_dir=search_dir, run_name="search"))
     table = {name: per_run_success(results, name) for name in REFERENCE_METHODS}
     table.update({name: per_run_success(results, method) for name, method in methods.items()})
     summary = {"candidates": {name: dataclasses.asdict(CANDIDATES[name]) for name in config.candidates},

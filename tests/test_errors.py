@@ -70,7 +70,12 @@ def test_a_bug_keeps_its_traceback():
 @pytest.mark.parametrize("script", ["metaworld", "noise_robustness", "robust_search", "label_noise"])
 def test_every_sweep_cli_reports_a_user_error_with_exit_2(script, capsys, tmp_path):
     # An unknown task is a PlareError raised inside the pipeline, before any work.
+    from plare_jax.methods import METHODS
+
+    registry = dict(METHODS)
     cli = importlib.import_module(f"experiments.{script}").cli
     assert cli(["--env", "no-such-task", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no-such-task" in err
+    # A failed sweep leaves the method registry (every CLI's --method choices) as it found it.
+    assert METHODS == registry

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import types
 
+import pytest
 import tyro
 
 from plare_jax.methods import METHODS, rlvlmf
@@ -53,3 +54,20 @@ def test_old_run_directories_with_top_level_method_options_still_load():
     legacy = {k: v for k, v in stored.items() if k != "methods"}
     legacy.update(stored["methods"])  # the layout before the grouping: rlvlmf, pbc, plare, plare_robust at the top
     assert config_from_dict(legacy) == config
+
+
+def test_registered_methods_are_known_inside_the_block_only_even_when_it_fails():
+    from plare_jax.methods import get_method, registered
+    from plare_jax.methods.plare import PLARE, CPLOptions
+
+    candidate = PLARE(name="candidate-x", description="a search candidate", default_options=CPLOptions(bias=0.25))
+    registry = dict(METHODS)
+    with pytest.raises(RuntimeError, match="inside"):
+        with registered({"candidate-x": candidate}):
+            assert get_method("candidate-x") is candidate
+            raise RuntimeError("inside")
+    assert METHODS == registry
+    with pytest.raises(ValueError, match="registered already"):
+        with registered({"plare": candidate}):
+            pass
+    assert METHODS == registry

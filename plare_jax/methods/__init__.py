@@ -6,6 +6,9 @@ dataclass) and `options_help`, and every CLI gets the group `--NAME.*` from this
 (`plare_jax.pipeline.config.MethodOptions`).
 """
 
+import contextlib
+from collections.abc import Iterator
+
 from plare_jax.methods import bc, pbc, plare, rlvlmf, sft
 from plare_jax.methods.base import Method, PolicyFn, TrainingData
 
@@ -24,4 +27,20 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "BC_PHASE", "Method", "PolicyFn", "TrainingData", "get_method"]
+@contextlib.contextmanager
+def registered(extra: dict[str, Method]) -> Iterator[None]:
+    """`extra` methods known to `get_method` inside the block only (a search's candidates): the
+    registry, and with it every CLI's `--method` choices and option groups, is left as it was,
+    even when the block fails."""
+    clashes = sorted(set(extra) & set(METHODS))
+    if clashes:
+        raise ValueError(f"methods {clashes} are registered already")
+    METHODS.update(extra)
+    try:
+        yield
+    finally:
+        for name in extra:
+            METHODS.pop(name, None)
+
+
+__all__ = ["METHODS", "BC_PHASE", "Method", "PolicyFn", "TrainingData", "get_method", "registered"]
