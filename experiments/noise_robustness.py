@@ -14,6 +14,12 @@ reused). The sweep writes noise_robustness.json and two figures:
   P(plare-robust > baseline) with paired bootstrap intervals (runs paired by data seed and seed).
 
 Report on data nobody tuned on: the defaults are data seeds 3, 4, 5 (0-2 are development data).
+
+Runs of several sittings make one table through an evidence file (`--evidence`, e.g. the
+committed docs/results/noise_robustness.json): each finished point's per-run final successes are
+added to it (under the same protocol only), and the summary is drawn from every run it holds for
+the asked tasks, methods and seeds. `--summarize-only --evidence FILE` redraws the table and the
+figures from the file alone, with no run directory at all.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import dataclasses  # noqa: E402
+import datetime  # noqa: E402
+import pathlib  # noqa: E402
 from typing import Annotated, Literal  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,6 +41,7 @@ import tyro  # noqa: E402
 import plare_jax.envs  # noqa: E402,F401  (sets MUJOCO_GL before mujoco is imported)
 from plare_jax import plotting, runs, stats  # noqa: E402
 from plare_jax.labeling.noise import NOISE_MODELS  # noqa: E402
+from plare_jax.pipeline import evidence as evidence_file  # noqa: E402
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate  # noqa: E402
 from plare_jax.pipeline.run import run_or_reuse  # noqa: E402
 from plare_jax.errors import exit_on_user_error  # noqa: E402
@@ -60,6 +69,10 @@ class NoiseRobustnessConfig:
     """Train nothing: draw the summary and figures from the runs finished so far in the sweep's
     folder (each point's results.json holds every finished (data seed, seed) run; the runs must be
     the same for every method of a point). Points not started are left out, and said."""
+    evidence: pathlib.Path | None = None
+    """Evidence file (JSON) that keeps every finished run's final success across sittings: the
+    sweep's finished runs are added to it, and the summary is drawn from all the runs it holds for
+    these tasks, methods and seeds. Refused if it holds runs of another protocol."""
     experiment: Annotated[ExperimentConfig, tyro.conf.arg(name="")] = DEFAULT_EXPERIMENT
     """Every option of experiments/metaworld.py (labels from the scripted teacher)."""
 
@@ -96,22 +109,54 @@ def run_sweep(config: NoiseRobustnessConfig) -> dict:
     validate(base)
     sweep_dir = base.out_dir / config.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    evidence = None if config.evidence is None else evidence_file.load(config.evidence, base)
     results = {}
     if config.summarize_only:
-        return summarize_finished(config, sweep_dir)
+        results = finished_results(config, sweep_dir, allow_none=evidence is not None)
+        for name, point_results in results.items() if evidence is not None else ():
+            evidence = add_to_evidence(config, evidence, name, point_results, sweep_dir)
+    else:
+        for model, agreement in points(config):
+            name = point_run_name(model, agreement)
+            if name not in results:
+                experiment = dataclasses.replace(
+                    base, out_dir=sweep_dir, run_name=name,
+                    teacher_noise="mistake" if agreement == 1.0 else model,
+                    teacher_agreement=None if agreement == 1.0 else agreement)
+                results[name] = run_or_reuse(experiment)
+                if evidence is not None:  # kept at once: a later point's failure loses nothing
+                    evidence = add_to_evidence(config, evidence, name, results[name], sweep_dir)
+    if evidence is not None:
+        results = evidence_results(config, evidence, base)
+    kept = [(m, a) for m, a in points(config) if point_run_name(m, a) in results]
+    if not kept:
+        raise ConfigError(f"--summarize-only: no point of this sweep has results yet in {sweep_dir}"
+                          + ("" if config.evidence is None else f" or in {config.evidence}"))
+    return summarize_sweep(config, results, sweep_dir, only=kept)
+
+
+def add_to_evidence(config: NoiseRobustnessConfig, evidence: dict, name: str, results: dict, sweep_dir) -> dict:
+    source = f"{sweep_dir.name}/{name}, added {datetime.date.today().isoformat()}"
+    evidence = evidence_file.add_results(evidence, name, results, source=source)
+    evidence_file.save(config.evidence, evidence)
+    return evidence
+
+
+def evidence_results(config: NoiseRobustnessConfig, evidence: dict, base: ExperimentConfig) -> dict:
+    """Per point, the evidence's runs of these tasks, methods and seeds (points without any left out)."""
+    out = {}
     for model, agreement in points(config):
         name = point_run_name(model, agreement)
-        if name not in results:
-            experiment = dataclasses.replace(
-                base, out_dir=sweep_dir, run_name=name,
-                teacher_noise="mistake" if agreement == 1.0 else model,
-                teacher_agreement=None if agreement == 1.0 else agreement)
-            results[name] = run_or_reuse(experiment)
-    return summarize_sweep(config, results, sweep_dir)
+        found = evidence_file.point_results(evidence, name, tasks=base.tasks, methods=base.method,
+                                            data_seeds=base.data_seeds, seeds=base.seeds)
+        if found is not None:
+            out[name] = found
+    return out
 
 
-def summarize_finished(config: NoiseRobustnessConfig, sweep_dir) -> dict:
-    """`summarize_sweep` over the points with results so far (finished or interrupted runs)."""
+def finished_results(config: NoiseRobustnessConfig, sweep_dir, *, allow_none: bool = False) -> dict:
+    """The results.json of every point with results so far in the sweep's folder (finished or
+    interrupted runs); points without are said on stderr."""
     results, missing = {}, []
     for model, agreement in points(config):
         name = point_run_name(model, agreement)
@@ -120,12 +165,12 @@ def summarize_finished(config: NoiseRobustnessConfig, sweep_dir) -> dict:
             results[name] = runs.read_json(path)
         else:
             missing.append(name)
-    if not results:
+    if not results and not allow_none:
         raise ConfigError(f"--summarize-only: no point of this sweep has results yet in {sweep_dir}")
     if missing:
-        print(f"--summarize-only: no results yet for {', '.join(missing)} (left out)", file=sys.stderr)
-    kept = [(m, a) for m, a in points(config) if point_run_name(m, a) in results]
-    return summarize_sweep(config, results, sweep_dir, only=kept)
+        print(f"--summarize-only: no run directory with results for {', '.join(missing)} in {sweep_dir}",
+              file=sys.stderr)
+    return results
 
 
 def realized_agreement(results: dict) -> float | None:
@@ -140,7 +185,10 @@ def summarize_sweep(config: NoiseRobustnessConfig, results: dict, sweep_dir,
     curve: dict = {}
     for model, agreement in (points(config) if only is None else only):
         name = point_run_name(model, agreement)
-        table = stats.scores_from_results(results[name])
+        try:
+            table = stats.scores_from_results(results[name])
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
         competing = {m: s for m, s in table.scores.items() if not table.oracle.get(m)}
         aggregates = stats.aggregate(table.scores)
         pairs = [(x, y) for x in COMPARED if x in competing for y in competing if y != x]

@@ -66,7 +66,8 @@ def test_noise_robustness_refuses_sweeps_it_cannot_run(tmp_path, argv, match):
 def test_noise_robustness_sweep_reports_aggregate_iqm_and_improvement_at_the_calibrated_agreement(tmp_path):
     args = [*TINY, "--method", "plare", "plare-robust", "bc", "--data-seeds", "3", "--seeds", "0", "1",
             "--noise-models", "hard-pairs", "--agreements", "0.8", "--poi-at", "hard-pairs", "0.8",
-            "--out-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+            "--out-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--evidence", str(tmp_path / "evidence.json")]
     proc = run_script("noise_robustness.py", args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = tmp_path / "runs" / "noise-robustness"
@@ -93,6 +94,19 @@ def test_noise_robustness_sweep_reports_aggregate_iqm_and_improvement_at_the_cal
     both = [part for a in both for part in a.split(" ")]  # --agreements 1 0.8
     again = run_script("noise_robustness.py", [*both, "--summarize-only"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "no results yet for clean" in again.stderr
+    assert "no run directory with results for clean" in again.stderr
     assert not (sweep / "clean").exists()  # nothing was run
+    assert json.loads((sweep / "noise_robustness.json").read_text()) == summary
+
+    # The evidence file kept every finished run's final success: with the run directories gone,
+    # it alone gives the same summary.
+    stored = json.loads((tmp_path / "evidence.json").read_text())
+    kept = stored["points"]["hard-pairs-0.80"]["tasks"]["reach-v3"]["methods"]["plare"]["runs"]
+    assert [(r["data_seed"], r["seed"], r["success_rate"]) for r in kept] == [
+        (r["data_seed"], r["seed"], r["success_rate"]) for r in runs]
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    alone = run_script("noise_robustness.py", [*args, "--summarize-only"], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     assert json.loads((sweep / "noise_robustness.json").read_text()) == summary
