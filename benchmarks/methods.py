@@ -121,7 +121,7 @@ def method_row(cfg: MethodsBenchConfig, kind: str, batch: int) -> dict:
     """Times one kind of update ("bc", "plare", "rlvlmf reward", "rlvlmf iql") in this process."""
     import jax
 
-    from plare_jax import learner
+    from plare_jax import learner, reward_model
     from plare_jax.methods import get_method, rlvlmf
 
     data = synthetic_training_data(**_sizes(cfg), seed=cfg.seed)
@@ -143,7 +143,9 @@ def method_row(cfg: MethodsBenchConfig, kind: str, batch: int) -> dict:
         state = method.create(jax.random.key(cfg.seed), policy, data, init=None, options=options)
         device_data = jax.device_put(method.device_data(state, data))
         if kind == "rlvlmf reward":
-            call = lambda s: rlvlmf._reward_train_jit(s, device_data, key, num_steps=n, mesh=None)  # noqa: E731
+            state = state.reward
+            call = lambda s: reward_model.train(s, device_data.reward_pairs, key, num_steps=n,  # noqa: E731
+                                                metrics_every=n)
             rows_per_step = batch * 2 * data.pair_observations.shape[2]
         else:
             # The first call also trains the (n-step) reward model and relabels; it is the compile call.

@@ -101,7 +101,7 @@ def diagnose(config: DiagnosticsConfig) -> dict:
     from plare_jax.envs.collect import CollectionConfig, collect_dataset
     from plare_jax.envs.tasks import resolve_task
     from plare_jax.methods import get_method
-    from plare_jax.methods import rlvlmf as rlvlmf_method
+    from plare_jax import iql
     from plare_jax.pipeline.data import prepare_task
     from plare_jax.pipeline.labels import choose_labeler
     from plare_jax.pipeline.run import load_resumed_config, unit_dir
@@ -126,15 +126,16 @@ def diagnose(config: DiagnosticsConfig) -> dict:
         state = ckpt.restore_state(manager, template, step=ckpt.latest_step(manager))
     obs = jnp.asarray(data.training.observations)
     actions = jnp.asarray(data.training.actions)
-    q = rlvlmf_method._critic_values(state.critic_graphdef, state.target_critic_params, obs, actions).min(0)
-    v = nnx.merge(state.value_graphdef, state.value_params)(obs)
+    critics = state.iql
+    q = iql.critic_values(critics.critic_graphdef, critics.target_critic_params, obs, actions).min(0)
+    v = nnx.merge(critics.value_graphdef, critics.value_params)(obs)
     report = advantage_diagnostics(
         np.asarray(state.rewards), np.asarray(q - v), dataset.rewards, dataset.episode_ids, dataset.successes,
         data.training.actions, inverse_temperature=state.config.inverse_temperature,
         max_weight=state.config.max_weight, top_fraction=config.top_fraction)
     report.update(task=task, data_seed=config.data_seed, seed=config.seed,
-                  reward_train_accuracy=float(state.reward_train_accuracy), iql_steps=int(state.step - state.iql_start),
-                  critic_pretrain_steps=int(state.critic_pretrain_step))
+                  reward_train_accuracy=float(state.reward_train_accuracy), iql_steps=int(critics.step - critics.start),
+                  critic_pretrain_steps=int(critics.pretrain_step))
     return report
 
 

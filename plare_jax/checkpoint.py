@@ -18,9 +18,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from plare_jax.errors import PlareError
 from plare_jax.learner import PHASES, LearnerState
 
-__all__ = ["make_checkpoint_manager", "save_state", "restore_state", "latest_step"]
+__all__ = ["make_checkpoint_manager", "save_state", "restore_state", "latest_step", "CheckpointLayoutError"]
+
+
+class CheckpointLayoutError(PlareError, ValueError):
+    """A checkpoint whose arrays are laid out unlike the state it is restored into (written by
+    another method or by an older version of this method's state)."""
 
 _ARRAYS = "state"
 _META = "meta"
@@ -114,15 +120,25 @@ def restore_state(manager: ocp.CheckpointManager, target: Any, step: int | None 
     Raises:
       FileNotFoundError: there is no checkpoint (at `step`).
       ValueError: the checkpoint's phase is unknown.
+      CheckpointLayoutError: the checkpoint holds a state of another layout.
     """
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
         raise FileNotFoundError(f"no checkpoint at step {step} in {manager.directory}; saved: {manager.all_steps()}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(target))
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}),
-    )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}),
+        )
+    except ValueError as error:
+        if "tree structures do not match" not in str(error):
+            raise
+        raise CheckpointLayoutError(
+            f"the checkpoint at step {step} in {manager.directory} holds a {type(target).__name__} of another "
+            "layout (another method's, or one written before this method's state changed, e.g. rlvlmf's before "
+            "its reward model and IQL became states of their own); it cannot be continued: start a new run "
+            "directory (another --run-name) instead of --resume") from None
     meta = restored[_META]
     if isinstance(target, LearnerState) and meta.get("phase") not in PHASES:
         raise ValueError(f"checkpoint {step} has unknown phase {meta.get('phase')!r}")

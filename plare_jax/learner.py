@@ -29,6 +29,7 @@ from flax import nnx
 from plare_jax import losses
 from plare_jax.networks import DROPOUT_MASKS, HEADS, PolicyMLP
 from plare_jax.sharding import check_divisible, constrain_batch, place
+from plare_jax.scanned import scan_updates
 
 __all__ = [
     "LearnerConfig",
@@ -385,17 +386,13 @@ def _sample_batch(data: PreferenceData | TransitionData, key: jax.Array, phase: 
 
 
 def _train_impl(state, data, key, *, num_steps, metrics_every, phase, mesh):
-    def one_step(state, _):
+    def one_step(state):
         step_key = jax.random.fold_in(key, state.step)
         sample_key, dropout_key = jax.random.split(step_key)
         batch = constrain_batch(_sample_batch(data, sample_key, phase, state.config), mesh)
         return update(state, batch, dropout_key, phase=phase)
 
-    def one_window(state, _):
-        state, metrics = jax.lax.scan(one_step, state, None, length=metrics_every)
-        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-    return jax.lax.scan(one_window, state, None, length=num_steps // metrics_every)
+    return scan_updates(one_step, state, num_steps=num_steps, metrics_every=metrics_every)
 
 
 _train_jit = jax.jit(_train_impl, static_argnames=("num_steps", "metrics_every", "phase", "mesh"))

@@ -1,13 +1,15 @@
 """Save at step k, restore, continue: identical to an uninterrupted run."""
 
 import dataclasses
+import pathlib
+import sys
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from plare_jax.checkpoint import latest_step, make_checkpoint_manager, restore_state, save_state
+from plare_jax.checkpoint import CheckpointLayoutError, latest_step, make_checkpoint_manager, restore_state, save_state
 from plare_jax import learner
 from plare_jax.learner import LearnerConfig, LearnerState, PreferenceData, start_phase, train
 
@@ -76,6 +78,22 @@ def test_restore_from_empty_directory_is_a_clear_error(tmp_path):
         assert latest_step(manager) is None
         with pytest.raises(FileNotFoundError, match="no checkpoint"):
             restore_state(manager, LearnerState.create(jax.random.key(0), CONFIG, O, A))
+
+
+def test_a_checkpoint_of_another_state_layout_is_a_clear_user_error(tmp_path):
+    from plare_jax.errors import PlareError
+    from plare_jax.methods import get_method
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from test_methods import POLICY, SMALL_RLVLMF, synthetic_data
+
+    data = synthetic_data(num_pairs=20)
+    with make_checkpoint_manager(tmp_path) as manager:
+        save_state(manager, get_method("bc").create(jax.random.key(0), POLICY, data, init=None))
+        target = get_method("rlvlmf").create(jax.random.key(0), POLICY, data, init=None, options=SMALL_RLVLMF)
+        with pytest.raises(CheckpointLayoutError, match="another layout.*--run-name") as caught:
+            restore_state(manager, target)
+    assert isinstance(caught.value, PlareError) and "RLVLMFState" in str(caught.value)
 
 
 def test_restoring_into_a_different_loss_config_warns(tmp_path):

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from plare_jax import learner
+from plare_jax import iql, learner
 from plare_jax.methods import rlvlmf
 from plare_jax.methods.base import TrainingData
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
@@ -82,7 +82,7 @@ class TrainCalls:
 
     def __init__(self, monkeypatch=None):
         self.calls: list[dict] = []
-        for module, name in ((learner, "_train_jit"), (rlvlmf, "_iql_train_jit")):
+        for module, name in ((learner, "_train_jit"), (iql, "train")):
             self._patch(module, name, monkeypatch)
 
     def _patch(self, module, name, monkeypatch):
@@ -101,7 +101,7 @@ class TrainCalls:
 
     def params(self) -> list[list[np.ndarray]]:
         """The policy parameters after each call (rlvlmf's: its actor's)."""
-        policies = [c["state"].actor_params if hasattr(c["state"], "actor_params") else c["state"].params
+        policies = [c["state"].actor_params if isinstance(c["state"], iql.IQLState) else c["state"].params
                     for c in self.calls]
         return [[np.asarray(x) for x in jax.tree.leaves(policy)] for policy in policies]
 

@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+from plare_jax import iql, reward_model
 from plare_jax.checkpoint import make_checkpoint_manager, restore_state, save_state
 from plare_jax.learner import LearnerConfig, LearnerState, learning_rate_schedule, start_phase, train
 from plare_jax.methods import METHODS, get_method
@@ -107,9 +108,10 @@ def test_registry_has_every_method_with_its_flags():
 
 def awr_clip_share_numpy(state, data, inverse_temperature):
     """Share of the data's rows with beta * (min(target Q1, Q2) - V) at the log(max_weight) clip."""
-    q = rlvlmf_module._critic_values(state.critic_graphdef, state.target_critic_params, data.observations,
-                                     data.actions).min(0)
-    v = nnx.merge(state.value_graphdef, state.value_params)(data.observations)
+    iql_state = state.iql
+    q = iql.critic_values(iql_state.critic_graphdef, iql_state.target_critic_params, data.observations,
+                          data.actions).min(0)
+    v = nnx.merge(iql_state.value_graphdef, iql_state.value_params)(data.observations)
     exponent = inverse_temperature * np.asarray(q - v, np.float32)
     return float(np.mean(exponent >= np.log(np.float32(state.config.max_weight))))
 
@@ -127,17 +129,15 @@ def test_rlvlmf_reward_model_ranks_pairs_and_iql_picks_the_good_action():
     assert report["reward_train_pairs_scored"] == int(np.count_nonzero((data.weights > 0) & (data.labels != 0.5)))
     assert report["reward_train_accuracy"] > 0.9, report
     assert not any("heldout" in name for name in report)
-    assert report["reward_model_seconds"] > 0
     # It also ranks pairs of other episodes right (a held-out check made here, not by the method).
     fresh = synthetic_data(seed=11, unsure=0.0)
-    model = nnx.merge(state.reward_graphdef, state.reward_params)
-    assert float(rlvlmf_module._pair_accuracy(model, fresh.preference_data())) > 0.9
+    assert float(reward_model.pair_accuracy(state.reward, fresh.preference_data())) > 0.9
     # The share of advantage weights at the clip, over every transition, as in NumPy; a hotter
     # inverse temperature puts more rows at the clip.
     assert 0.0 <= report["awr_weight_clip_share"] < 1.0 and report["awr_weight_mean"] > 0
     assert report["awr_weight_clip_share"] == pytest.approx(
         awr_clip_share_numpy(state, data, SMALL_RLVLMF.inverse_temperature), abs=1e-6)
-    hot = state.replace(config=dataclasses.replace(state.config, inverse_temperature=300.0))
+    hot = state.replace(iql=state.iql.replace(config=dataclasses.replace(state.iql.config, inverse_temperature=300.0)))
     hot_share = method.report(hot, data)["awr_weight_clip_share"]
     assert hot_share == pytest.approx(awr_clip_share_numpy(state, data, 300.0), abs=1e-6)
     assert hot_share > report["awr_weight_clip_share"] and hot_share > 0.05
@@ -150,7 +150,7 @@ def test_rlvlmf_reward_model_ranks_pairs_and_iql_picks_the_good_action():
     assert all(m.shape == (4,) and np.isfinite(np.asarray(m)).all() for m in metrics.values())
     # The critics (pretrained, then trained on) rank the good action above the other one.
     obs = data.observations[:256]
-    q_good, q_bad = (rlvlmf_module._critic_values(state.critic_graphdef, state.critic_params, obs, a).min(0)
+    q_good, q_bad = (iql.critic_values(state.iql.critic_graphdef, state.iql.critic_params, obs, a).min(0)
                      for a in (good_action(obs), -good_action(obs)))
     assert float(np.mean(np.asarray(q_good) > np.asarray(q_bad))) > 0.8
     policy = method.policy_fn(state)
@@ -171,22 +171,22 @@ def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompil
     key = jax.random.key(3)
     whole, whole_metrics = method.train(fresh, device_data, key, 60, metrics_every=20)
     first, _ = method.train(fresh, device_data, key, 20, metrics_every=20)
-    compiled = (rlvlmf_module._iql_train_jit._cache_size(), rlvlmf_module._reward_train_jit._cache_size())
+    compiled = (iql.train._cache_size(), reward_model.train._cache_size())
     with make_checkpoint_manager(tmp_path / "ckpt") as manager:
         assert save_state(manager, first)
         target = method.create(jax.random.key(9), POLICY, data, init=None, options=options)
         restored = restore_state(manager, target)
-    assert int(restored.step) == 20 and int(restored.reward_step) == 40 and int(restored.critic_pretrain_step) == 30
+    assert int(restored.step) == 20 and int(restored.reward.step) == 40 and int(restored.iql.pretrain_step) == 30
     np.testing.assert_array_equal(restored.rewards, first.rewards)
     resumed, metrics_2 = method.train(restored, device_data, key, 20, metrics_every=20)
     resumed, metrics_3 = method.train(resumed, device_data, key, 20, metrics_every=20)
     # The resumed calls trained no reward model and compiled nothing new (same shapes and sizes).
-    assert (rlvlmf_module._iql_train_jit._cache_size(), rlvlmf_module._reward_train_jit._cache_size()) == compiled
-    assert float(resumed.reward_seconds) == float(first.reward_seconds)
-    assert float(resumed.critic_pretrain_seconds) == float(first.critic_pretrain_seconds) > 0
-    for a, b in zip(jax.tree.leaves(resumed.actor_params), jax.tree.leaves(whole.actor_params)):
+    assert (iql.train._cache_size(), reward_model.train._cache_size()) == compiled
+    for a, b in zip(jax.tree.leaves(resumed.reward), jax.tree.leaves(first.reward)):  # not trained again
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(resumed.iql.actor_params), jax.tree.leaves(whole.iql.actor_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(resumed.target_critic_params), jax.tree.leaves(whole.target_critic_params)):
+    for a, b in zip(jax.tree.leaves(resumed.iql.target_critic_params), jax.tree.leaves(whole.iql.target_critic_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     np.testing.assert_allclose([metrics_2["loss"][0], metrics_3["loss"][0]], whole_metrics["loss"][1:], rtol=1e-5)
 
@@ -200,20 +200,19 @@ def test_rlvlmf_critic_pretraining_trains_value_and_critics_but_not_the_actor():
     key = jax.random.key(1)
     state = rlvlmf_module._train_reward_model(state, device_data, key, None)
     pretrained = rlvlmf_module._pretrain_critics(state, device_data, key, None)
-    assert int(pretrained.critic_pretrain_step) == 200 and int(pretrained.step) == int(state.step) == 0
+    assert int(pretrained.iql.pretrain_step) == 200 and int(pretrained.step) == int(state.step) == 0
     assert pretrained.critics_pretrained and not state.critics_pretrained
-    for before, after in zip(jax.tree.leaves(state.actor_params), jax.tree.leaves(pretrained.actor_params)):
+    for before, after in zip(jax.tree.leaves(state.iql.actor_params), jax.tree.leaves(pretrained.iql.actor_params)):
         np.testing.assert_array_equal(before, after)
     for tree in ("critic_params", "target_critic_params", "value_params"):
         changed = [not np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(getattr(state, tree)), jax.tree.leaves(getattr(pretrained, tree)))]
+                   zip(jax.tree.leaves(getattr(state.iql, tree)), jax.tree.leaves(getattr(pretrained.iql, tree)))]
         assert all(changed), tree
     # Trained critics rank the good action above the other one on the data's states.
     obs = data.observations[:256]
-    q = rlvlmf_module._critic_values(pretrained.critic_graphdef, pretrained.critic_params, obs,
-                                     good_action(obs)).min(0)
-    q_bad = rlvlmf_module._critic_values(pretrained.critic_graphdef, pretrained.critic_params, obs,
-                                         -good_action(obs)).min(0)
+    critics = pretrained.iql
+    q = iql.critic_values(critics.critic_graphdef, critics.critic_params, obs, good_action(obs)).min(0)
+    q_bad = iql.critic_values(critics.critic_graphdef, critics.critic_params, obs, -good_action(obs)).min(0)
     assert float(np.mean(np.asarray(q) > np.asarray(q_bad))) > 0.8
     report = method.report(pretrained, data)
     assert report["critic_pretrain_steps"] == 200 and report["iql_steps"] == 0
@@ -221,7 +220,7 @@ def test_rlvlmf_critic_pretraining_trains_value_and_critics_but_not_the_actor():
 
 def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
     data = synthetic_data(seed=8, num_pairs=20)
-    state = get_method("rlvlmf").create(jax.random.key(0), POLICY, data, init=None, options=SMALL_RLVLMF)
+    state = get_method("rlvlmf").create(jax.random.key(0), POLICY, data, init=None, options=SMALL_RLVLMF).iql
     rng = np.random.default_rng(0)
     b = 16
 
@@ -233,7 +232,7 @@ def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
             "rewards": rng.normal(size=b).astype(np.float32),
         }
 
-    update = jax.jit(rlvlmf_module._iql_update)
+    update = jax.jit(iql.update)
     key = jax.random.key(1)
     same = lambda a, b_: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b_)))
     # No successor, not terminal: no target, the critics do not move; V and the actor still learn.
@@ -253,8 +252,8 @@ def test_iql_update_targets_only_rows_with_a_successor_or_a_true_terminal():
     assert not same(a.critic_params, c.critic_params)
     # The value loss is the expectile loss of min(target Q1, Q2) - V(s), as in NumPy.
     _, metrics = update(state, with_next, key)
-    q = np.asarray(rlvlmf_module._critic_values(state.critic_graphdef, state.target_critic_params,
-                                                with_next["observations"], with_next["actions"]), np.float64)
+    q = np.asarray(iql.critic_values(state.critic_graphdef, state.target_critic_params,
+                                     with_next["observations"], with_next["actions"]), np.float64)
     v = np.asarray(nnx.merge(state.value_graphdef, state.value_params)(with_next["observations"]), np.float64)
     diff = q.min(0) - v
     expected = np.mean(np.where(diff < 0, 0.3, 0.7) * diff**2)
@@ -290,7 +289,7 @@ def test_rlvlmf_reward_model_trains_on_every_labelled_pair_and_weight_zero_pairs
         np.testing.assert_array_equal(device_data.reward_pairs.labels, data.labels)  # all P pairs, in order
         np.testing.assert_array_equal(device_data.reward_pairs.weights, data.weights)
         trained = rlvlmf_module._train_reward_model(state, device_data, jax.random.key(1), None)
-        return [np.asarray(x) for x in jax.tree.leaves(trained.reward_params)]
+        return [np.asarray(x) for x in jax.tree.leaves(trained.reward.params)]
 
     def flipped(rows):
         labels = data.labels.copy()
@@ -314,7 +313,7 @@ def test_rlvlmf_reward_model_trains_on_every_labelled_pair_and_weight_zero_pairs
 def test_rlvlmf_actor_schedule_is_the_cpl_warm_up_then_a_cosine_decay():
     policy = dataclasses.replace(POLICY, learning_rate=1e-4, warmup_steps=50)
     options = dataclasses.replace(SMALL_RLVLMF, lr=3e-4, schedule_steps=400)
-    schedule = rlvlmf_module._actor_schedule(options, policy)
+    schedule = iql.actor_schedule(options.iql_config(), policy)
     cpl = learning_rate_schedule(policy)
     rates = np.array([float(schedule(k)) for k in range(401)])
     # Warm-up: the CPL learner's fraction of the peak at every step, towards rlvlmf's own lr.
@@ -326,7 +325,7 @@ def test_rlvlmf_actor_schedule_is_the_cpl_warm_up_then_a_cosine_decay():
     assert rates[225] == pytest.approx(options.lr / 2, rel=1e-4)
     assert np.all(np.diff(rates[50:]) <= 0) and rates[400] == pytest.approx(0.0, abs=1e-12)
     # Without a warm-up it is the cosine decay it was before.
-    no_warmup = rlvlmf_module._actor_schedule(options, dataclasses.replace(policy, warmup_steps=0))
+    no_warmup = iql.actor_schedule(options.iql_config(), dataclasses.replace(policy, warmup_steps=0))
     cosine = optax.cosine_decay_schedule(options.lr, options.schedule_steps)
     for k in (0, 100, 399):
         assert float(no_warmup(k)) == pytest.approx(float(cosine(k)), rel=1e-5)
@@ -349,7 +348,7 @@ def test_rlvlmf_actor_first_update_after_the_switch_uses_the_cpl_warm_up_rate():
     # Split inside the warm-up, the run equals an uninterrupted one.
     whole, whole_metrics = method.train(state, device_data, jax.random.key(1), 12, metrics_every=1)
     np.testing.assert_array_equal(lr, np.asarray(whole_metrics["learning_rate"]))
-    for a, b in zip(jax.tree.leaves(rest.actor_params), jax.tree.leaves(whole.actor_params)):
+    for a, b in zip(jax.tree.leaves(rest.iql.actor_params), jax.tree.leaves(whole.iql.actor_params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     # The warm-up (10 steps) is the CPL learner's, step for step; then rlvlmf's cosine starts.
     cpl_lr = np.asarray(cpl_metrics["learning_rate"])
@@ -360,7 +359,7 @@ def test_rlvlmf_actor_first_update_after_the_switch_uses_the_cpl_warm_up_rate():
     # The optimizer really applies it: Adam's first step moves each parameter by ~ the rate
     # (|g| / (|g| + eps)), so the largest move of the actor's parameters is lr[0], not the peak.
     moves = [np.abs(np.asarray(a) - np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(first.actor_params), jax.tree.leaves(state.actor_params))]
+             zip(jax.tree.leaves(first.iql.actor_params), jax.tree.leaves(state.iql.actor_params))]
     assert max(float(m.max()) for m in moves) == pytest.approx(lr[0], rel=1e-3)
 
 
@@ -399,7 +398,7 @@ def test_rlvlmf_continues_the_bc_phase_policy_and_counts_only_iql_updates():
     # and the actor's schedule spans only the IQL updates left.
     obs = data.observations[:16]
     np.testing.assert_array_equal(method.policy_fn(state)(obs), get_method("bc").policy_fn(bc_phase)(obs))
-    assert int(state.step) == 200 and int(state.iql_start) == 200 and state.config.schedule_steps == 400
+    assert int(state.step) == 200 and int(state.iql.start) == 200 and state.config.schedule_steps == 400
     state, metrics = method.train(state, method.device_data(state, data), jax.random.key(1), 400,
                                   metrics_every=100)
     assert int(state.step) == 600 and method.report(state, data)["iql_steps"] == 400
@@ -446,7 +445,7 @@ sys.path.insert(0, "tests")
 from test_methods import POLICY, SMALL_RLVLMF, synthetic_data
 import dataclasses
 from plare_jax.methods import get_method
-from plare_jax.methods import rlvlmf
+from plare_jax import iql
 from plare_jax.sharding import make_data_mesh
 
 assert jax.device_count() == 2, jax.devices()
@@ -459,14 +458,14 @@ for name, mesh in [("single", None), ("two", make_data_mesh())]:
     state, metrics = method.train(fresh, method.device_data(fresh, data), jax.random.key(1), 4, metrics_every=2, mesh=mesh)
     jax.block_until_ready(state)
     out[name] = {
-        "leaves": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves((state.reward_params, state.actor_params,
-                                                                             state.critic_params, state.value_params))],
+        "leaves": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves((state.reward.params, state.iql.actor_params,
+                                                                             state.iql.critic_params, state.iql.value_params))],
         "rewards": np.asarray(state.rewards).tolist(),
         "loss": np.asarray(metrics["critic_loss"]).tolist(),
         "devices": len(state.rewards.sharding.device_set),
     }
-hlo = rlvlmf._iql_train_jit.lower(state, method.device_data(fresh, data), jax.random.key(1), num_steps=2,
-                                  metrics_every=2, mesh=make_data_mesh()).compile().as_text()
+hlo = iql.train.lower(state.iql, method.device_data(fresh, data).transitions(state.rewards), jax.random.key(1),
+                      num_steps=2, metrics_every=2, mesh=make_data_mesh()).compile().as_text()
 odd = dataclasses.replace(options, batch_size=31)
 try:
     method.train(method.create(jax.random.key(0), POLICY, data, options=odd), method.device_data(fresh, data),

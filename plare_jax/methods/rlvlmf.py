@@ -49,6 +49,9 @@ under-trained, not the baseline being weak. Starting every preference method fro
 policy with the same number of second-phase updates makes the comparison about what each does
 with the labels. `create(..., init=None)` still gives the reference's from-scratch IQL.
 
+Layout: the reward model is `plare_jax.reward_model`, IQL is `plare_jax.iql` (each one pytree
+state with a pure update, K scanned updates per call); this module composes them.
+
 Resumability: the reward model is trained, the data relabelled and the critic-only updates run
 entirely inside the first `train` call, so any state that `train` returns (and any checkpoint of
 it) holds the finished reward model, relabelled rewards (`rewards`) and pretrained critics, and
@@ -59,29 +62,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 from tqdm.auto import tqdm
 
-from plare_jax import learner, losses
+from plare_jax import iql, learner, reward_model
 from plare_jax.learner import LearnerConfig, PreferenceData
 from plare_jax.methods.base import PolicyFn, TrainingData
-from plare_jax.networks import PolicyMLP, ScalarMLP
-from plare_jax.sharding import check_divisible, constrain_batch, place
+from plare_jax.sharding import check_divisible, place
 
 __all__ = ["RLVLMFOptions", "QUICK", "PAPER", "RLVLMFData", "RLVLMFState", "RLVLMF", "METHOD"]
 
 # Reward-model and critic-only updates per host call (one progress-bar tick each).
 _CHUNK_STEPS = 1000
-# Rows per forward pass when relabelling the whole dataset (bounds activation memory).
-_RELABEL_BATCH = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +138,16 @@ class RLVLMFOptions:
         for name in ("reward_hidden_dims", "critic_hidden_dims", "value_hidden_dims"):
             object.__setattr__(self, name, tuple(int(h) for h in getattr(self, name)))
 
+    def reward_model_config(self) -> reward_model.RewardModelConfig:
+        return reward_model.RewardModelConfig(hidden_dims=self.reward_hidden_dims, lr=self.reward_lr,
+                                              batch_pairs=self.reward_batch_pairs)
+
+    def iql_config(self) -> iql.IQLConfig:
+        return iql.IQLConfig(lr=self.lr, expectile=self.expectile, inverse_temperature=self.inverse_temperature,
+                             max_weight=self.max_weight, discount=self.discount, tau=self.tau,
+                             batch_size=self.batch_size, schedule_steps=self.schedule_steps,
+                             critic_hidden_dims=self.critic_hidden_dims, value_hidden_dims=self.value_hidden_dims)
+
 
 QUICK = RLVLMFOptions()
 """Sized to run next to the other methods on 2 CPU cores (see benchmarks/methods.py)."""
@@ -165,337 +172,92 @@ class RLVLMFData(flax.struct.PyTreeNode):
     has_next: jax.Array  # [N] float32, 1 where next_observations is real
     terminals: jax.Array  # [N] float32
 
-
-def _twin_critic(obs_dim: int, act_dim: int, hidden_dims: tuple[int, ...], key: jax.Array):
-    """Two independent Q(s, a) networks as one graphdef and params stacked on a leading axis of 2.
-
-    Evaluated with `jax.vmap` over that axis (`_critic_values`): one batched matmul per layer for
-    both critics instead of two, fewer and larger ops per update.
-    """
-    nets = [ScalarMLP(obs_dim + act_dim, hidden_dims=hidden_dims, rngs=nnx.Rngs(k)) for k in jax.random.split(key)]
-    graphdef, first = nnx.split(nets[0], nnx.Param)
-    _, second = nnx.split(nets[1], nnx.Param)
-    return graphdef, jax.tree.map(lambda a, b: jnp.stack([a, b]), first, second)
-
-
-def _critic_values(graphdef, params, obs: jax.Array, actions: jax.Array) -> jax.Array:
-    """`[2, B]` Q-values of both critics."""
-    return jax.vmap(lambda p: nnx.merge(graphdef, p)(obs, actions))(params)
+    def transitions(self, rewards: jax.Array) -> iql.IQLData:
+        return iql.IQLData(observations=self.observations, actions=self.actions,
+                           next_observations=self.next_observations, has_next=self.has_next,
+                           terminals=self.terminals, rewards=rewards)
 
 
 class RLVLMFState(flax.struct.PyTreeNode):
-    """Reward model, critics, value, actor, their optimizer states and the relabelled rewards."""
+    """The reward model, IQL and the relabelled rewards (what a checkpoint holds)."""
 
-    step: jax.Array  # int32, policy updates: the BC phase's (if continued) plus IQL updates
-    iql_start: jax.Array  # int32, `step` at which IQL started (0 from scratch)
-    reward_step: jax.Array  # int32, reward-model updates done
-    critic_pretrain_step: jax.Array  # int32, critic-only updates done
-    reward_params: nnx.State
-    reward_opt_state: optax.OptState
-    critic_params: nnx.State  # both critics, stacked on a leading axis of 2
-    target_critic_params: nnx.State
-    critic_opt_state: optax.OptState
-    value_params: nnx.State
-    value_opt_state: optax.OptState
-    actor_params: nnx.State
-    actor_opt_state: optax.OptState
+    reward: reward_model.RewardModelState
+    iql: iql.IQLState
     rewards: jax.Array  # [N] standardised r(s, a) of every transition (zeros before relabelling)
     reward_raw_mean: jax.Array  # mean and std of the raw r(s, a) over the data
     reward_raw_std: jax.Array
     reward_loss: jax.Array  # mean Bradley-Terry loss of the last reward-model chunk
     reward_train_accuracy: jax.Array  # on its training pairs (every labelled pair), after training
-    reward_seconds: jax.Array  # wall time of reward training and relabelling (incl. compilation)
-    critic_pretrain_seconds: jax.Array  # wall time of the critic-only updates (incl. compilation)
-    reward_graphdef: Any = flax.struct.field(pytree_node=False)
-    critic_graphdef: Any = flax.struct.field(pytree_node=False)
-    value_graphdef: Any = flax.struct.field(pytree_node=False)
-    actor_graphdef: Any = flax.struct.field(pytree_node=False)
     config: RLVLMFOptions = flax.struct.field(pytree_node=False)
-    policy_config: LearnerConfig = flax.struct.field(pytree_node=False)
+
+    @property
+    def step(self) -> jax.Array:
+        """Policy updates: the BC phase's (if continued) plus IQL's actor updates."""
+        return self.iql.step
 
     @property
     def reward_trained(self) -> bool:
-        return int(self.reward_step) >= self.config.reward_steps
+        return int(self.reward.step) >= self.config.reward_steps
 
     @property
     def critics_pretrained(self) -> bool:
-        return int(self.critic_pretrain_step) >= self.config.critic_pretrain_steps
-
-
-# ----------------------------------------------------------------------------- optimizers
-
-
-def _reward_optimizer(config: RLVLMFOptions) -> optax.GradientTransformation:
-    return optax.adam(config.reward_lr)
-
-
-def _critic_optimizer(config: RLVLMFOptions) -> optax.GradientTransformation:
-    return optax.adam(config.lr)
-
-
-def _actor_schedule(config: RLVLMFOptions, policy_config: LearnerConfig) -> optax.Schedule:
-    """Rate of the actor's k-th update (k from 0): the CPL learner's linear warm-up
-    (`learner.learning_rate_schedule`: lr * min(1, (k + 1) / warmup_steps)), then a cosine
-    decay from `lr` at k = warmup_steps to 0 at k = `schedule_steps`."""
-    lr, warmup, total = config.lr, policy_config.warmup_steps, config.schedule_steps
-
-    def schedule(count):
-        count = jnp.asarray(count, jnp.float32)
-        warm = jnp.minimum(1.0, (count + 1.0) / warmup) if warmup else 1.0
-        progress = jnp.clip((count - warmup) / max(1, total - warmup), 0.0, 1.0)
-        return lr * warm * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-
-    return schedule
-
-
-def _actor_optimizer(config: RLVLMFOptions, policy_config: LearnerConfig) -> optax.GradientTransformation:
-    return optax.adam(_actor_schedule(config, policy_config))
-
-
-def _apply(tx: optax.GradientTransformation, grads, opt_state, params):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-# ----------------------------------------------------------------------------- pairs
+        return int(self.iql.pretrain_step) >= self.config.critic_pretrain_steps
 
 
 def _eligible_for_accuracy(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Pairs an accuracy can be measured on: weight > 0 and not a tie (as in `_pair_accuracy`)."""
+    """Pairs an accuracy can be measured on: weight > 0 and not a tie (as in `reward_model.pair_accuracy`)."""
     return (weights > 0) & (labels != 0.5)
 
 
-# ----------------------------------------------------------------------------- reward model
-
-
-def _reward_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, mesh):
-    config = state.config
-    tx = _reward_optimizer(config)
-    pairs = data.reward_pairs
-    reward_key = jax.random.split(key)[0]
-
-    def objective(params, batch: PreferenceData):
-        rewards = nnx.merge(state.reward_graphdef, params)(batch.observations, batch.actions)  # [B, 2, T]
-        per_pair = losses.bradley_terry_loss(rewards[:, 0], rewards[:, 1], batch.labels, mask=batch.mask)
-        loss = losses.weighted_mean(per_pair, batch.weights)
-        accuracy = losses.preference_accuracy(
-            rewards[:, 0], rewards[:, 1], batch.labels, mask=batch.mask, weights=batch.weights
-        )
-        return loss, {"loss": loss, "accuracy": accuracy}
-
-    def one_step(state, _):
-        step_key = jax.random.fold_in(reward_key, state.reward_step)
-        idx = jax.random.randint(step_key, (config.reward_batch_pairs,), 0, pairs.labels.shape[0])
-        batch = constrain_batch(jax.tree.map(lambda x: x[idx], pairs), mesh)
-        grads, metrics = jax.grad(objective, has_aux=True)(state.reward_params, batch)
-        params, opt_state = _apply(tx, grads, state.reward_opt_state, state.reward_params)
-        state = state.replace(reward_params=params, reward_opt_state=opt_state, reward_step=state.reward_step + 1)
-        return state, metrics
-
-    state, metrics = jax.lax.scan(one_step, state, None, length=num_steps)
-    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-
-_reward_train_jit = jax.jit(_reward_train_impl, static_argnames=("num_steps", "mesh"))
-
-
-def _pair_accuracy(model: ScalarMLP, pairs: PreferenceData) -> jax.Array:
-    rewards = jax.lax.map(
-        lambda pair: model(pair[0], pair[1]), (pairs.observations, pairs.actions),
-        batch_size=max(1, _RELABEL_BATCH // (2 * pairs.observations.shape[2])),
-    )
-    accuracy = losses.preference_accuracy(
-        rewards[:, 0], rewards[:, 1], pairs.labels, mask=pairs.mask, weights=pairs.weights
-    )
-    # preference_accuracy is 0 without an eligible pair; report "not measured" instead.
-    scored = jnp.sum((pairs.weights > 0) & (pairs.labels != 0.5))
-    return jnp.where(scored > 0, accuracy, jnp.nan)
-
-
-def _relabel_impl(state: RLVLMFState, data: RLVLMFData):
+@jax.jit
+def _relabel(state: RLVLMFState, data: RLVLMFData) -> RLVLMFState:
     """Rewards of every transition (standardised) and the reward model's training accuracy."""
-    model = nnx.merge(state.reward_graphdef, state.reward_params)
-    raw = jax.lax.map(lambda row: model(row[0], row[1]), (data.observations, data.actions), batch_size=_RELABEL_BATCH)
-    mean, std = jnp.mean(raw), jnp.std(raw)
-    rewards = (raw - mean) / jnp.maximum(std, 1e-6)
-    return state.replace(
-        rewards=rewards,
-        reward_raw_mean=mean,
-        reward_raw_std=std,
-        reward_train_accuracy=_pair_accuracy(model, data.reward_pairs),
-    )
+    rewards, mean, std = reward_model.relabel(state.reward, data.observations, data.actions)
+    return state.replace(rewards=rewards, reward_raw_mean=mean, reward_raw_std=std,
+                         reward_train_accuracy=reward_model.pair_accuracy(state.reward, data.reward_pairs))
 
 
-_relabel_jit = jax.jit(_relabel_impl)
+# The train call's key gives the reward model, the critic-only updates and the joint updates a
+# stream each, so that the joint updates see the same batches with or without the pretraining.
+def _reward_key(key: jax.Array) -> jax.Array:
+    return jax.random.split(key)[0]
 
 
-# ----------------------------------------------------------------------------- IQL
-
-
-def _iql_update(state: RLVLMFState, batch: dict[str, jax.Array], dropout_key: jax.Array, *, train_actor: bool = True):
-    config = state.config
-    obs, actions = batch["observations"], batch["actions"]
-    q_target = jnp.min(_critic_values(state.critic_graphdef, state.target_critic_params, obs, actions), axis=0)
-
-    # Value: expectile regression of V(s) on the target critics' Q(s, a).
-    def value_objective(params):
-        value = nnx.merge(state.value_graphdef, params)(obs)
-        return jnp.mean(losses.expectile_loss(q_target - value, expectile=config.expectile)), value
-
-    (value_loss, value), value_grads = jax.value_and_grad(value_objective, has_aux=True)(state.value_params)
-    value_params, value_opt_state = _apply(_critic_optimizer(config), value_grads, state.value_opt_state,
-                                           state.value_params)
-    # The updated V at s (advantages) and s' (critic targets), in one pass.
-    batch_size = obs.shape[0]
-    new_values = nnx.merge(state.value_graphdef, value_params)(
-        jnp.concatenate([obs, batch["next_observations"]], axis=0))
-    new_value, next_value = new_values[:batch_size], new_values[batch_size:]
-
-    # Actor: advantage-weighted regression, advantages from the updated V.
-    advantages = q_target - new_value
-    actor_dropout = learner.make_dropout_key(dropout_key, state.policy_config)
-
-    def actor_objective(params):
-        logp = nnx.merge(state.actor_graphdef, params).log_prob(obs, actions, dropout_key=actor_dropout)
-        return jnp.mean(losses.awr_policy_loss(
-            logp, advantages, inverse_temperature=config.inverse_temperature, max_weight=config.max_weight))
-
-    if train_actor:
-        actor_loss, actor_grads = jax.value_and_grad(actor_objective)(state.actor_params)
-        actor_params, actor_opt_state = _apply(_actor_optimizer(config, state.policy_config), actor_grads,
-                                               state.actor_opt_state, state.actor_params)
-    else:
-        actor_loss, actor_params, actor_opt_state = jnp.float32(jnp.nan), state.actor_params, state.actor_opt_state
-
-    # Critics: one-step targets through the updated V; rows without a successor (an episode's
-    # last stored step that is not a true terminal) have no target and weigh 0.
-    not_terminal = 1.0 - batch["terminals"]
-    q_targets = batch["rewards"] + config.discount * not_terminal * next_value
-    row_weights = jnp.maximum(batch["has_next"], batch["terminals"])
-
-    def critic_objective(params):
-        q = _critic_values(state.critic_graphdef, params, obs, actions)
-        per_row = jnp.sum(jnp.square(q - q_targets), axis=0)
-        return losses.weighted_mean(per_row, row_weights)
-
-    critic_loss, critic_grads = jax.value_and_grad(critic_objective)(state.critic_params)
-    critic_params, critic_opt_state = _apply(_critic_optimizer(config), critic_grads, state.critic_opt_state,
-                                             state.critic_params)
-    target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, config.tau)
-
-    metrics = {
-        "loss": actor_loss,
-        "actor_loss": actor_loss,
-        "value_loss": value_loss,
-        "critic_loss": critic_loss,
-        "q_mean": jnp.mean(q_target),
-        "v_mean": jnp.mean(value),
-        "advantage_mean": jnp.mean(advantages),
-        "awr_weight_mean": jnp.mean(losses.awr_weights(
-            advantages, inverse_temperature=config.inverse_temperature, max_weight=config.max_weight)),
-        "learning_rate": jnp.asarray(_actor_schedule(config, state.policy_config)(state.step - state.iql_start),
-                                     jnp.float32),
-    }
-    new_state = state.replace(
-        step=state.step + 1 if train_actor else state.step,
-        critic_pretrain_step=state.critic_pretrain_step if train_actor else state.critic_pretrain_step + 1,
-        value_params=value_params, value_opt_state=value_opt_state,
-        actor_params=actor_params, actor_opt_state=actor_opt_state,
-        critic_params=critic_params, critic_opt_state=critic_opt_state,
-        target_critic_params=target_critic_params,
-    )
-    return new_state, metrics
-
-
-def _iql_train_impl(state: RLVLMFState, data: RLVLMFData, key, *, num_steps, metrics_every, mesh,
-                    train_actor=True):
-    # Critic-only pretraining draws from its own stream (its own counter), so that the joint
-    # updates see the same batches with or without it.
-    iql_key = jax.random.split(key, 3)[1 if train_actor else 2]
-    num_rows = data.observations.shape[0]
-
-    def one_step(state, _):
-        counter = state.step if train_actor else state.critic_pretrain_step
-        sample_key, dropout_key = jax.random.split(jax.random.fold_in(iql_key, counter))
-        idx = jax.random.randint(sample_key, (state.config.batch_size,), 0, num_rows)
-        batch = {
-            "observations": data.observations[idx],
-            "actions": data.actions[idx],
-            "next_observations": data.next_observations[idx],
-            "has_next": data.has_next[idx],
-            "terminals": data.terminals[idx],
-            "rewards": state.rewards[idx],
-        }
-        return _iql_update(state, constrain_batch(batch, mesh), dropout_key, train_actor=train_actor)
-
-    def one_window(state, _):
-        state, metrics = jax.lax.scan(one_step, state, None, length=metrics_every)
-        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-    return jax.lax.scan(one_window, state, None, length=num_steps // metrics_every)
-
-
-_iql_train_jit = jax.jit(_iql_train_impl, static_argnames=("num_steps", "metrics_every", "mesh", "train_actor"))
-
-
-def _awr_weight_stats_impl(state: RLVLMFState, observations: jax.Array, actions: jax.Array):
-    """(share of rows whose weight exp(beta * A) is at the `max_weight` clip, mean weight) over
-    the given transitions, with A = min(target Q1, Q2)(s, a) - V(s) as the actor's update uses."""
-    config = state.config
-    value = nnx.merge(state.value_graphdef, state.value_params)
-
-    def weights(rows):
-        obs, act = rows
-        q = jnp.min(_critic_values(state.critic_graphdef, state.target_critic_params, obs, act), axis=0)
-        advantages = q - value(obs)
-        # At the clip: the exponent is clipped, the same test `losses.awr_weights` makes.
-        at_clip = config.inverse_temperature * advantages >= jnp.log(config.max_weight)
-        return at_clip, losses.awr_weights(advantages, inverse_temperature=config.inverse_temperature,
-                                           max_weight=config.max_weight)
-
-    at_clip, w = jax.lax.map(weights, (observations, actions), batch_size=_RELABEL_BATCH)
-    return jnp.mean(at_clip.astype(jnp.float32)), jnp.mean(w)
-
-
-_awr_weight_stats_jit = jax.jit(_awr_weight_stats_impl)
-
-
-# ----------------------------------------------------------------------------- the method
+def _iql_key(key: jax.Array, *, train_actor: bool) -> jax.Array:
+    return jax.random.split(key, 3)[1 if train_actor else 2]
 
 
 def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh) -> RLVLMFState:
     """Runs the remaining reward-model updates in chunks (a progress bar), then relabels."""
-    start = time.perf_counter()
-    remaining = state.config.reward_steps - int(state.reward_step)
-    metrics = None
+    remaining = state.config.reward_steps - int(state.reward.step)
+    reward_key = _reward_key(key)
+    loss = state.reward_loss
     with tqdm(total=remaining, desc="rlvlmf reward model", unit="step", leave=False) as bar:
         while remaining > 0:
             chunk = min(_CHUNK_STEPS, remaining)
-            state, metrics = _reward_train_jit(state, data, key, num_steps=chunk, mesh=mesh)
+            reward, metrics = reward_model.train(state.reward, data.reward_pairs, reward_key, num_steps=chunk,
+                                                 metrics_every=chunk, mesh=mesh)
+            state, loss = state.replace(reward=reward), metrics["loss"][0]
             remaining -= chunk
             bar.update(chunk)
-            bar.set_postfix(loss=f"{float(metrics['loss']):.3f}", acc=f"{float(metrics['accuracy']):.2f}")
-    state = _relabel_jit(state, data)
-    jax.block_until_ready(state.rewards)
-    return state.replace(
-        reward_loss=metrics["loss"] if metrics is not None else state.reward_loss,
-        reward_seconds=jnp.asarray(time.perf_counter() - start, jnp.float32),
-    )
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(metrics['accuracy'][0]):.2f}")
+    return _relabel(state, data).replace(reward_loss=loss)
 
 
 def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh) -> RLVLMFState:
     """Runs the remaining critic-only updates in chunks (a progress bar)."""
-    start = time.perf_counter()
-    remaining = state.config.critic_pretrain_steps - int(state.critic_pretrain_step)
+    remaining = state.config.critic_pretrain_steps - int(state.iql.pretrain_step)
+    transitions, iql_key = data.transitions(state.rewards), _iql_key(key, train_actor=False)
     with tqdm(total=remaining, desc="rlvlmf critics", unit="step", leave=False) as bar:
         while remaining > 0:
             chunk = min(_CHUNK_STEPS, remaining)
-            state, metrics = _iql_train_jit(state, data, key, num_steps=chunk, metrics_every=chunk, mesh=mesh,
-                                            train_actor=False)
+            critics, metrics = iql.train(state.iql, transitions, iql_key, num_steps=chunk, metrics_every=chunk,
+                                         mesh=mesh, train_actor=False)
+            state = state.replace(iql=critics)
             remaining -= chunk
             bar.update(chunk)
             bar.set_postfix(q=f"{float(metrics['q_mean'][-1]):.2f}", critic=f"{float(metrics['critic_loss'][-1]):.3f}")
-    return state.replace(critic_pretrain_seconds=jnp.asarray(time.perf_counter() - start, jnp.float32))
+    return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -526,53 +288,22 @@ class RLVLMF:
         start = 0 if init is None else int(init.step)
         if start:
             config = dataclasses.replace(config, schedule_steps=max(1, config.schedule_steps - start))
-        obs_dim, act_dim = data.obs_dim, data.act_dim
         reward_key, critic_key, value_key, actor_key = jax.random.split(key, 4)
-        reward_model = ScalarMLP(obs_dim + act_dim, hidden_dims=config.reward_hidden_dims, bounded=True,
-                                 rngs=nnx.Rngs(reward_key))
-        value = ScalarMLP(obs_dim, hidden_dims=config.value_hidden_dims, rngs=nnx.Rngs(value_key))
-        actor = PolicyMLP(
-            obs_dim, act_dim, hidden_dims=policy_config.hidden_dims, dropout_rate=policy_config.dropout_rate,
-            dropout_mask=policy_config.dropout_mask, head=policy_config.head,
-            state_dependent_std=policy_config.state_dependent_std, rngs=nnx.Rngs(actor_key),
-        )
-        reward_graphdef, reward_params = nnx.split(reward_model, nnx.Param)
-        critic_graphdef, critic_params = _twin_critic(obs_dim, act_dim, config.critic_hidden_dims, critic_key)
-        value_graphdef, value_params = nnx.split(value, nnx.Param)
-        actor_graphdef, actor_params = nnx.split(actor, nnx.Param)
-        if init is not None:
-            shapes = lambda tree: jax.tree.map(jnp.shape, tree)
-            if shapes(init.params) != shapes(actor_params):
-                raise ValueError("rlvlmf: init's policy network differs from the one the policy config describes")
-            actor_params = jax.tree.map(jnp.copy, init.params)
-        zero = jnp.zeros((), jnp.int32)
+        try:
+            iql_state = iql.create(actor_key, config.iql_config(), policy_config, data.obs_dim, data.act_dim,
+                                   critic_key=critic_key, value_key=value_key,
+                                   actor_params=None if init is None else init.params, start=start)
+        except ValueError as error:
+            raise ValueError(f"rlvlmf: {error}") from None
         return RLVLMFState(
-            step=jnp.asarray(start, jnp.int32),
-            iql_start=jnp.asarray(start, jnp.int32),
-            reward_step=zero,
-            critic_pretrain_step=zero,
-            reward_params=reward_params,
-            reward_opt_state=_reward_optimizer(config).init(reward_params),
-            critic_params=critic_params,
-            target_critic_params=jax.tree.map(jnp.copy, critic_params),
-            critic_opt_state=_critic_optimizer(config).init(critic_params),
-            value_params=value_params,
-            value_opt_state=_critic_optimizer(config).init(value_params),
-            actor_params=actor_params,
-            actor_opt_state=_actor_optimizer(config, policy_config).init(actor_params),
+            reward=reward_model.create(reward_key, config.reward_model_config(), data.obs_dim, data.act_dim),
+            iql=iql_state,
             rewards=jnp.zeros((data.observations.shape[0],), jnp.float32),
             reward_raw_mean=jnp.zeros((), jnp.float32),
             reward_raw_std=jnp.ones((), jnp.float32),
             reward_loss=jnp.full((), jnp.nan, jnp.float32),
             reward_train_accuracy=jnp.full((), jnp.nan, jnp.float32),
-            reward_seconds=jnp.zeros((), jnp.float32),
-            critic_pretrain_seconds=jnp.zeros((), jnp.float32),
-            reward_graphdef=reward_graphdef,
-            critic_graphdef=critic_graphdef,
-            value_graphdef=value_graphdef,
-            actor_graphdef=actor_graphdef,
             config=config,
-            policy_config=policy_config,
         )
 
     def device_data(self, state: RLVLMFState, data: TrainingData) -> RLVLMFData:
@@ -607,34 +338,34 @@ class RLVLMF:
             state = place(_train_reward_model(state, device_data, key, mesh), mesh)
         if not state.critics_pretrained:
             state = place(_pretrain_critics(state, device_data, key, mesh), mesh)
-        return _iql_train_jit(state, device_data, key, num_steps=int(num_steps), metrics_every=int(metrics_every),
-                              mesh=mesh)
+        trained, metrics = iql.train(state.iql, device_data.transitions(state.rewards), _iql_key(key, train_actor=True),
+                                     num_steps=int(num_steps), metrics_every=int(metrics_every), mesh=mesh)
+        return state.replace(iql=trained), metrics
 
     def policy_fn(self, state: RLVLMFState) -> PolicyFn:
-        return learner.policy_fn_from_params(state.actor_graphdef, state.actor_params)
+        return learner.policy_fn_from_params(state.iql.actor_graphdef, state.iql.actor_params)
 
     def policy_params(self, state: RLVLMFState):
-        return state.actor_params
+        return state.iql.actor_params
 
     def report(self, state: RLVLMFState, data: TrainingData) -> dict:
         """The reward model's fit to its training pairs (every labelled pair: no held-out split),
-        step counts and wall times, and how many of the data's transitions have their advantage
-        weight at the clip (one pass of the target critics and V over the data)."""
+        step counts, and how many of the data's transitions have their advantage weight at the
+        clip (one pass of the target critics and V over the data). Wall times are the
+        experiment's (`timings` of each unit's result)."""
         eligible = _eligible_for_accuracy(data.labels, data.weights)
         as_float = lambda x: None if math.isnan(float(x)) else float(x)
-        clip_share, weight_mean = _awr_weight_stats_jit(
-            state, jnp.asarray(data.observations, jnp.float32), jnp.asarray(data.actions, jnp.float32))
+        clip_share, weight_mean = iql.awr_weight_stats(
+            state.iql, jnp.asarray(data.observations, jnp.float32), jnp.asarray(data.actions, jnp.float32))
         return {
-            "reward_model_steps": int(state.reward_step),
-            "reward_model_seconds": float(state.reward_seconds),
+            "reward_model_steps": int(state.reward.step),
             "reward_model_loss": as_float(state.reward_loss),
             "reward_train_accuracy": as_float(state.reward_train_accuracy),
             "reward_train_pairs": data.num_trained_pairs,
             "reward_train_pairs_scored": int(np.count_nonzero(eligible)),
             "labelled_pairs": data.num_pairs,
-            "critic_pretrain_steps": int(state.critic_pretrain_step),
-            "critic_pretrain_seconds": float(state.critic_pretrain_seconds),
-            "iql_steps": int(state.step - state.iql_start),
+            "critic_pretrain_steps": int(state.iql.pretrain_step),
+            "iql_steps": int(state.iql.step - state.iql.start),
             "awr_weight_clip_share": float(clip_share),
             "awr_weight_mean": float(weight_mean),
         }
