@@ -83,7 +83,8 @@ def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.pipeline.config import ExperimentConfig
     from plare_jax.pipeline.data import prepare_task
     from plare_jax.pipeline.labels import LabelerChoice
-    from plare_jax.pipeline.offline import OfflineConfig, prepare_data, restore_final_state, run_offline
+    from plare_jax.pipeline.offline import OfflineConfig, prepare_data, run_offline
+    from plare_jax.pipeline.train import restore_final_state
     from plare_jax.pipeline.run import run as run_metaworld
     from plare_jax.pipeline.run import unit_dir
     from plare_jax.envs.tasks import resolve_task
@@ -141,9 +142,9 @@ def main(cfg: EquivalenceConfig) -> dict:
 
     params = {}
     for method in methods:
-        mw_state = restore_final_state(off_config, off_data, method, cfg.seed,
+        mw_state = restore_final_state(off_config, off_data.task, method, cfg.seed,
                                        unit_dir(cfg.out_dir / "metaworld", task, 0, cfg.seed))
-        off_state = restore_final_state(off_config, off_data, method, cfg.seed,
+        off_state = restore_final_state(off_config, off_data.task, method, cfg.seed,
                                         cfg.out_dir / "recorded" / f"seed{cfg.seed}")
         leaves_a = [np.asarray(x) for x in _leaves(mw_state.params)]
         leaves_b = [np.asarray(x) for x in _leaves(off_state.params)]

@@ -93,19 +93,16 @@ def advantage_diagnostics(relabelled: np.ndarray, advantages: np.ndarray, true_r
 
 
 def diagnose(config: DiagnosticsConfig) -> dict:
-    import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from plare_jax import checkpoint as ckpt
+    from plare_jax import iql
     from plare_jax.envs.collect import CollectionConfig, collect_dataset
     from plare_jax.envs.tasks import resolve_task
-    from plare_jax.methods import get_method
-    from plare_jax import iql
     from plare_jax.pipeline.data import prepare_task
     from plare_jax.pipeline.labels import choose_labeler
     from plare_jax.pipeline.run import load_resumed_config, unit_dir
-    from plare_jax.pipeline.train import checkpoint_dir, learner_config
+    from plare_jax.pipeline.train import checkpoint_dir, restore_final_state
 
     run_config = load_resumed_config(config.run)
     task = resolve_task(config.env)
@@ -119,11 +116,8 @@ def diagnose(config: DiagnosticsConfig) -> dict:
                          seed=config.data_seed, stretch_prob=run_config.stretch_prob,
                          decoy_prob=run_config.decoy_prob, misperceive_prob=run_config.misperceive_prob),
         cache_dir=run_config.cache_dir / "datasets", workers=1)
-    method = get_method("rlvlmf")
-    template = method.create(jax.random.key(0), learner_config(run_config), data.training, init=None,
-                             options=run_config.method_options("rlvlmf"))
-    with ckpt.make_checkpoint_manager(checkpoints, max_to_keep=2) as manager:
-        state = ckpt.restore_state(manager, template, step=ckpt.latest_step(manager))
+    state = restore_final_state(run_config, data, "rlvlmf", config.seed,
+                                unit_dir(config.run, task, config.data_seed, config.seed))
     obs = jnp.asarray(data.training.observations)
     actions = jnp.asarray(data.training.actions)
     critics = state.iql

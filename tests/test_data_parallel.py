@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from plare_jax import iql, learner
-from plare_jax.methods import rlvlmf
 from plare_jax.methods.base import TrainingData
 from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
 from plare_jax.pipeline.data import TaskData

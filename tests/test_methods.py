@@ -17,7 +17,7 @@ from flax import nnx
 
 from plare_jax import iql, reward_model
 from plare_jax.checkpoint import make_checkpoint_manager, restore_state, save_state
-from plare_jax.learner import LearnerConfig, LearnerState, learning_rate_schedule, start_phase, train
+from plare_jax.learner import LearnerConfig, learning_rate_schedule, start_phase, train
 from plare_jax.methods import METHODS, get_method
 from plare_jax.methods import pbc as pbc_module
 from plare_jax.methods import rlvlmf as rlvlmf_module

@@ -155,14 +155,15 @@ def test_scripted_run_end_to_end_with_export(tmp_path):
     from plare_jax.export import load_policy
     from plare_jax.learner import make_policy_fn
     from plare_jax.pipeline.labels import LabelerChoice
-    from plare_jax.pipeline.offline import OfflineConfig, prepare_data, restore_final_state
+    from plare_jax.pipeline.offline import OfflineConfig, prepare_data
+    from plare_jax.pipeline.train import restore_final_state
 
     config = OfflineConfig(data=data, labeler="scripted", num_pairs=40, segment_length=10, hidden_dims=(16, 16),
                            batch_pairs=8, bc_batch_size=64, bc_steps=40, cpl_steps=40, metrics_every=20,
                            eval_every=40, warmup_steps=5, holdout_fraction=0.25)
     ds = load_recorded(data)
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
-    state = restore_final_state(config, prepared, "plare", 0, run / "seed0")
+    state = restore_final_state(config, prepared.task, "plare", 0, run / "seed0")
     norm = prepared.normalizer
     expected = norm.actions_from_policy(make_policy_fn(state)(norm.observations(ds.observations[:5])))
     policy = load_policy(run / "seed0" / "export" / "plare" / "policy.npz")
@@ -266,7 +267,8 @@ def test_every_registered_method_trains_and_exports(tmp_path):
     from plare_jax.export import load_policy
     from plare_jax.methods import METHODS, get_method
     from plare_jax.pipeline.labels import LabelerChoice
-    from plare_jax.pipeline.offline import OfflineConfig, prepare_data, restore_final_state
+    from plare_jax.pipeline.offline import OfflineConfig, prepare_data
+    from plare_jax.pipeline.train import restore_final_state
 
     data = toy_dataset(tmp_path / "data")
     methods = list(METHODS)
@@ -282,7 +284,7 @@ def test_every_registered_method_trains_and_exports(tmp_path):
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
     norm = prepared.normalizer
     for name in methods:
-        state = restore_final_state(config, prepared, name, 0, run / "seed0")
+        state = restore_final_state(config, prepared.task, name, 0, run / "seed0")
         expected = norm.actions_from_policy(get_method(name).policy_fn(state)(norm.observations(ds.observations[:6])))
         exported = load_policy(run / "seed0" / "export" / name / "policy.npz").act(ds.observations[:6])
         np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5, err_msg=name)

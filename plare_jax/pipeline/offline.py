@@ -34,13 +34,13 @@ from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
-from plare_jax.methods import BC_PHASE, METHODS, get_method
+from plare_jax.methods import METHODS, get_method
 from plare_jax.interrupts import raise_if_stopped, stop_on_signals
 from plare_jax.pipeline.config import (ConfigError, MethodOptions, VLMOptions, method_options, validate_updates)
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
-from plare_jax.pipeline.train import checkpoint_dir, learner_config, method_evals, train_seed
+from plare_jax.pipeline.train import method_evals, restore_final_state, train_seed
 
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that read simulator ground truth cannot run on data without it.
@@ -429,34 +429,6 @@ def make_evaluator(config: OfflineConfig, prepared: PreparedData, seed: int):
 # The whole run
 
 
-def restore_final_state(config: OfflineConfig, prepared: PreparedData, method_name: str, seed: int,
-                        unit_dir: pathlib.Path):
-    """A method's final state, restored from its last checkpoint."""
-    import jax
-
-    from plare_jax import checkpoint as ckpt
-
-    method = get_method(method_name)
-    policy_config = learner_config(config)
-    key = jax.random.key(seed)
-    init = None
-    if method.starts_from_bc_phase:
-        # Only the structure matters (the arrays are restored), but the step must be the BC
-        # phase's end, as in training: methods derive static settings from it (rlvlmf's schedule).
-        init = BC_PHASE.create(key, policy_config, prepared.task.training, init=None)
-        init = init.replace(step=jax.numpy.asarray(config.bc_steps, jax.numpy.int32))
-    target = method.create(key, policy_config, prepared.task.training, init=init,
-                           options=config.method_options(method_name))
-    branch = method_name
-    manager = ckpt.make_checkpoint_manager(checkpoint_dir(unit_dir, branch), max_to_keep=2)
-    try:
-        if ckpt.latest_step(manager) is None:
-            return target
-        return ckpt.restore_state(manager, target)
-    finally:
-        manager.close()
-
-
 RESUME_COMMAND = "python experiments/offline.py --resume {run_dir}"
 
 
@@ -527,7 +499,7 @@ def _train_and_export(config: OfflineConfig, prepared: PreparedData, dataset: Re
                 if metric in curves:
                     curves[metric][method_name].append(
                         [(r["step"], r[key]) for r in evals if r.get(key) is not None])
-            state = restore_final_state(config, prepared, method_name, seed, unit)
+            state = restore_final_state(config, prepared.task, method_name, seed, unit)
             path = export_policy(get_method(method_name).policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
                 "task_text": text, "method": method_name, "seed": seed,
                 "observation_names": dataset.card.get("observation_names"),

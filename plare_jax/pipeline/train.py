@@ -159,6 +159,37 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
     return state
 
 
+def create_state(config: ExperimentConfig, data: TaskData, method: Method, seed: int, *, init=None):
+    """The fresh state a method's branch of one run unit starts from (`init`: the shared BC
+    phase's final state, for a method that continues it)."""
+    return method.create(jax.random.key(seed), learner_config(config), data.training,
+                         init=init if method.starts_from_bc_phase else None,
+                         options=config.method_options(method.name))
+
+
+def restore_final_state(config: ExperimentConfig, data: TaskData, method_name: str, seed: int,
+                        unit_dir: pathlib.Path):
+    """A method's state at its branch's last checkpoint in `unit_dir` (its fresh state if none).
+
+    The restore target is the state training created (`create_state`); for a method that
+    continues the BC phase, from a BC state at the phase's end step: only the structure is
+    restored into, but methods derive static settings from that step (rlvlmf's schedule).
+    """
+    method = get_method(method_name)
+    init = None
+    if method.starts_from_bc_phase:
+        init = BC_PHASE.create(jax.random.key(seed), learner_config(config), data.training, init=None)
+        init = init.replace(step=jax.numpy.asarray(config.bc_steps, jax.numpy.int32))
+    target = create_state(config, data, method, seed, init=init)
+    manager = ckpt.make_checkpoint_manager(checkpoint_dir(unit_dir, method_name), max_to_keep=2)
+    try:
+        if ckpt.latest_step(manager) is None:
+            return target
+        return ckpt.restore_state(manager, target)
+    finally:
+        manager.close()
+
+
 def method_evals(records: list[dict], method: Method) -> list[dict]:
     """Evaluation records of `method` in step order, the shared BC phase included if it continues it."""
     branches = {method.name} | ({SHARED_BC_BRANCH} if method.starts_from_bc_phase else set())
@@ -205,9 +236,7 @@ def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pa
             start_step, num_steps = config.bc_steps, config.cpl_steps
         else:
             start_step, num_steps = 0, config.total_steps
-        state = method.create(jax.random.key(seed), policy_config, data.training,
-                              init=bc_state if method.starts_from_bc_phase else None,
-                              options=config.method_options(method.name))
+        state = create_state(config, data, method, seed, init=bc_state)
         video_path = None if video_dir is None else video_dir / f"{method.name}_final.mp4"
         state = run_branch(config, data, method, state, branch=method.name, start_step=start_step,
                            num_steps=num_steps, seed=seed, unit_dir=unit_dir, log=log,
