@@ -502,3 +502,34 @@ def test_rlvlmf_on_two_forced_cpu_devices_matches_one_device():
         np.testing.assert_allclose(two, single, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["two"]["rewards"], out["single"]["rewards"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["two"]["loss"], out["single"]["loss"], rtol=1e-5)
+
+
+def test_rlvlmf_prepare_stops_between_reward_model_chunks_and_train_equals_prepare_then_train():
+    from plare_jax.interrupts import StopRequested
+
+    data = synthetic_data(seed=3, num_pairs=60)
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=2500, reward_batch_pairs=8, batch_size=32,
+                                  critic_pretrain_steps=20)
+    state = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+    device_data = method.device_data(state, data)
+    key = jax.random.key(5)
+    checks = []
+
+    def stop_now():
+        checks.append(True)
+        return True
+
+    # A stop request is seen after the first chunk of 1000 reward-model updates, not after all 2500.
+    with pytest.raises(StopRequested):
+        method.prepare(state, device_data, key, should_stop=stop_now)
+    assert len(checks) == 1
+    # prepare then train (the pipeline's order) equals train alone (the library's), bit for bit.
+    prepared = method.prepare(state, device_data, key, should_stop=lambda: False)
+    assert prepared.reward_trained and prepared.critics_pretrained and int(prepared.step) == 0
+    assert method.prepare(prepared, device_data, key) is prepared  # done once
+    a, metrics_a = method.train(prepared, device_data, key, 20, metrics_every=10)
+    b, metrics_b = method.train(state, device_data, key, 20, metrics_every=10)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(metrics_a["loss"], metrics_b["loss"])

@@ -161,6 +161,14 @@ class Method(Protocol):
         """The pytree `train` reads (placed on the devices once by the pipeline)."""
         ...
 
+    def prepare(self, state: Any, device_data: Any, key: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Any:
+        """The work a method does once before its first update (e.g. rlvlmf's reward model),
+        in chunks with `should_stop` checked between them (raising `interrupts.StopRequested`);
+        `key` is the first update call's. Most methods return `state` unchanged; `train` does
+        the same work itself if it was not done."""
+        ...
+
     def train(self, state: Any, device_data: Any, key: jax.Array, num_steps: int, *,
               metrics_every: int, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict[str, jax.Array]]:
         """`num_steps` updates in one jitted, scanned call; metrics averaged per window,

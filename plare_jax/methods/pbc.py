@@ -93,6 +93,9 @@ class PBC:
         rows, _ = top_episode_rows(data, state.config.top_fraction)
         return data.transition_data(rows)
 
+    def prepare(self, state, device_data, key, *, mesh=None, should_stop=None):
+        return state  # nothing to do before the first update
+
     def train(self, state: PBCState, device_data, key, num_steps, *, metrics_every, mesh=None):
         policy, metrics = learner.train(state.policy, device_data, key, num_steps, phase="bc",
                                         metrics_every=metrics_every, mesh=mesh)

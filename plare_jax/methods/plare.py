@@ -194,6 +194,9 @@ class PLARE:
         return SelectionData(train=pairs.replace(weights=jnp.where(held, 0.0, pairs.weights)),
                              held_out=pairs.replace(weights=jnp.where(held, pairs.weights, 0.0)))
 
+    def prepare(self, state, device_data, key, *, mesh=None, should_stop=None):
+        return state  # nothing to do before the first update
+
     def train(self, state, device_data, key, num_steps, *, metrics_every, mesh=None):
         if not isinstance(state, SelectingState):
             return learner.train(state, device_data, key, num_steps, phase="cpl",

@@ -71,6 +71,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plare_jax import iql, learner, reward_model
+from plare_jax.interrupts import raise_if_stopped
 from plare_jax.learner import LearnerConfig, PreferenceData
 from plare_jax.methods.base import PolicyFn, TrainingData
 from plare_jax.sharding import check_divisible, place
@@ -227,8 +228,10 @@ def _iql_key(key: jax.Array, *, train_actor: bool) -> jax.Array:
     return jax.random.split(key, 3)[1 if train_actor else 2]
 
 
-def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh) -> RLVLMFState:
-    """Runs the remaining reward-model updates in chunks (a progress bar), then relabels."""
+def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh,
+                        should_stop=None) -> RLVLMFState:
+    """Runs the remaining reward-model updates in chunks (a progress bar; `should_stop` checked
+    between chunks), then relabels."""
     remaining = state.config.reward_steps - int(state.reward.step)
     reward_key = _reward_key(key)
     loss = state.reward_loss
@@ -241,11 +244,14 @@ def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, me
             remaining -= chunk
             bar.update(chunk)
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(metrics['accuracy'][0]):.2f}")
+            raise_if_stopped(should_stop)
     return _relabel(state, data).replace(reward_loss=loss)
 
 
-def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh) -> RLVLMFState:
-    """Runs the remaining critic-only updates in chunks (a progress bar)."""
+def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh,
+                      should_stop=None) -> RLVLMFState:
+    """Runs the remaining critic-only updates in chunks (a progress bar; `should_stop` checked
+    between chunks)."""
     remaining = state.config.critic_pretrain_steps - int(state.iql.pretrain_step)
     transitions, iql_key = data.transitions(state.rewards), _iql_key(key, train_actor=False)
     with tqdm(total=remaining, desc="rlvlmf critics", unit="step", leave=False) as bar:
@@ -257,6 +263,7 @@ def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh
             remaining -= chunk
             bar.update(chunk)
             bar.set_postfix(q=f"{float(metrics['q_mean'][-1]):.2f}", critic=f"{float(metrics['critic_loss'][-1]):.3f}")
+            raise_if_stopped(should_stop)
     return state
 
 
@@ -325,19 +332,28 @@ class RLVLMF:
             terminals=jnp.asarray(data.terminals, jnp.float32),
         )
 
-    def train(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, num_steps: int, *,
-              metrics_every: int, mesh: jax.sharding.Mesh | None = None):
-        """`num_steps` IQL updates; the first call first trains the reward model, relabels and
-        runs the critic-only updates."""
-        if metrics_every <= 0 or num_steps <= 0 or num_steps % metrics_every:
-            raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of metrics_every ({metrics_every})")
+    def prepare(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, *,
+                mesh: jax.sharding.Mesh | None = None, should_stop=None) -> RLVLMFState:
+        """Trains the reward model, relabels and runs the critic-only updates, unless done
+        (`key`: the first IQL call's); `should_stop` is checked between chunks of 1000 updates."""
         check_divisible(state.config.batch_size, mesh, "rlvlmf batch_size")
         check_divisible(state.config.reward_batch_pairs, mesh, "rlvlmf reward_batch_pairs")
+        if state.reward_trained and state.critics_pretrained:
+            return state
         state, device_data, key = place((state, device_data, key), mesh)
         if not state.reward_trained:
-            state = place(_train_reward_model(state, device_data, key, mesh), mesh)
+            state = place(_train_reward_model(state, device_data, key, mesh, should_stop), mesh)
         if not state.critics_pretrained:
-            state = place(_pretrain_critics(state, device_data, key, mesh), mesh)
+            state = place(_pretrain_critics(state, device_data, key, mesh, should_stop), mesh)
+        return state
+
+    def train(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, num_steps: int, *,
+              metrics_every: int, mesh: jax.sharding.Mesh | None = None):
+        """`num_steps` IQL updates; the first call first does `prepare`'s work if it was not done."""
+        if metrics_every <= 0 or num_steps <= 0 or num_steps % metrics_every:
+            raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of metrics_every ({metrics_every})")
+        state = self.prepare(state, device_data, key, mesh=mesh)
+        state, device_data, key = place((state, device_data, key), mesh)
         trained, metrics = iql.train(state.iql, device_data.transitions(state.rewards), _iql_key(key, train_actor=True),
                                      num_steps=int(num_steps), metrics_every=int(metrics_every), mesh=mesh)
         return state.replace(iql=trained), metrics

@@ -63,6 +63,9 @@ class SFT:
     def device_data(self, state: LearnerState, data: TrainingData) -> learner.TransitionData:
         return data.transition_data(preferred_segment_rows(data))
 
+    def prepare(self, state, device_data, key, *, mesh=None, should_stop=None):
+        return state  # nothing to do before the first update
+
     def train(self, state, device_data, key, num_steps, *, metrics_every, mesh=None):
         return learner.train(state, device_data, key, num_steps, phase="bc",
                              metrics_every=metrics_every, mesh=mesh)

@@ -127,6 +127,9 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
     bar = tqdm(total=num_steps, initial=step - start_step, desc=f"{data.task} seed {seed} {branch}",
                unit="step", leave=False)
     try:
+        if step < end_step:  # e.g. rlvlmf's reward model, with the first update call's key
+            state = method.prepare(state, train_data, jax.random.fold_in(base_key, step), mesh=mesh,
+                                   should_stop=should_stop)
         while step < end_step:
             chunk = min(config.eval_every - (step % config.eval_every), end_step - step)
             key = jax.random.fold_in(base_key, step)
