@@ -101,72 +101,26 @@ class VLMOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """PLARE (CPL on VLM preference labels) against its baselines on MetaWorld offline data."""
+class SharedOptions:
+    """The options every experiment declares the same way (MetaWorld and recorded data): labels,
+    pairs, the policy and its updates, the VLM and each method's own options. Declared once here;
+    `ExperimentConfig` and `pipeline.offline.OfflineConfig` inherit them (the flags are the same
+    on both command lines)."""
 
-    env: tuple[str, ...] = ("sweep-into",)
-    """MetaWorld v3 task(s), e.g. sweep-into drawer-open door-open plate-slide (any v3 task; the -v3
-    suffix is optional)."""
-    preset: Literal["quick", "paper"] = "quick"
-    """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
-    method: tuple[MethodName, ...] = ("plare", "bc")
-    """Methods to train, all on the same data and labels. plare (CPL), rlvlmf (reward model + IQL),
-    sft (BC on preferred segments) and bc (keeps cloning, labels unused) continue one shared BC
-    phase with --cpl-steps updates each; pbc starts from scratch with bc-steps + cpl-steps updates
-    and reads the simulator's returns: an oracle reference, not a competitor."""
-    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
-    """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
-    labeler: Literal["auto", "vlm", "scripted"] = "auto"
-    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
-    scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
+    # Labels and pairs.
+    teacher_equal_threshold: float = 0.0
+    """Scripted teacher: score gaps at or below this are 'unsure'."""
     unsure: Literal["drop", "tie"] = "drop"
     """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
     max_unlabeled_fraction: float = 0.1
     """Stop before training if more than this share of a task's pairs got no VLM label (failed or
     malformed answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
-
-    # Offline data and pairs.
-    num_episodes: int = 120
-    """Episodes of mixed-quality data to collect per task."""
-    collection_horizon: int = 250
-    """Steps per collected episode."""
-    data_seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--data-seed",))] = (0,)
-    """Seeds of the offline data and of the pair sampling and labels (each shared by all training
-    seeds). Develop on data seed 0; report on data seeds development never looked at, e.g.
-    `--data-seeds 1 2 --seeds 0 1 2` (6 runs per task and method)."""
     num_pairs: int = 2000
-    """Labelled segment pairs per task."""
+    """Labelled segment pairs per task (on recorded data, the held-out ones included)."""
     segment_length: int = 64
     """Steps per segment."""
     num_keyframes: int = 3
     """Keyframes per segment tiled into each image shown to the VLM."""
-    teacher: Literal["progress", "return"] = "progress"
-    """What the scripted teacher compares (and what label accuracy is measured against):
-    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
-    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
-    ranks the task phase a segment is in rather than how good its actions are)."""
-    stretch_prob: float | None = None
-    """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
-    decoy_prob: float | None = None
-    """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
-    misperceive_prob: float | None = None
-    """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
-    whole episode (None: per-task default; see docs/data_modes.md)."""
-    teacher_equal_threshold: float = 0.0
-    """Scripted teacher: score gaps at or below this are 'unsure'."""
-    teacher_noise: TeacherNoiseName = "mistake"
-    """Scripted teacher's noise model, a labeller that errs like a VLM (docs/methods.md): mistake
-    (uniform flips), boltzmann (B-Pref's stochastic teacher), equal (unsure below a score gap),
-    skip (uninformative queries dropped), myopic (recent steps weigh more), hard-pairs (mistakes
-    on similar-looking segments), position-bias (a share of answers says "first" whatever the clips)."""
-    teacher_noise_level: Annotated[float | None, tyro.conf.arg(aliases=("--teacher-mistake-rate",))] = None
-    """The noise model's one knob (None: its noise-free value): mistake: flip probability;
-    boltzmann: beta (larger = cleaner); equal/hard-pairs: a gap in units of the typical score gap;
-    skip: quantile of segment scores dropped; myopic: gamma in (0, 1]; position-bias: share of
-    forced "first" answers. `--teacher-mistake-rate R` is `--teacher-noise-level R` (mistake model)."""
-    teacher_agreement: float | None = None
-    """Set the knob so that the labels agree with the noise-free teacher on this share of the pairs
-    (calibrated on each task's pairs; overrides --teacher-noise-level), e.g. 0.8."""
 
     # Policy and updates.
     hidden_dims: tuple[int, ...] = (256, 256)
@@ -191,10 +145,82 @@ class ExperimentConfig:
     """CPL update steps (phase 2); bc and sft run as many second-phase steps."""
     metrics_every: int = 100
     """Training metrics are averaged and fetched from the device every this many steps."""
+    eval_every: int = 1000
+    """Evaluate every this many update steps (and at the end of each phase): success in MetaWorld;
+    on recorded data, held-out preference accuracy (and success in --eval-env if given)."""
+    out_dir: pathlib.Path = pathlib.Path("runs")
+    """Parent directory of run directories."""
+    vlm: VLMOptions = VLMOptions()
+    methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
+    """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*)."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.bc_steps + self.cpl_steps
+
+    def method_options(self, name: str):
+        """The method's own options adjusted to this run's budget, or None if it has none."""
+        return method_options(self.methods, name, total_steps=self.total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MetaWorldOptions:
+    """The MetaWorld experiment's own options (data collection, the scripted teacher's noise,
+    evaluation in the simulator, devices and outputs)."""
+
+    env: tuple[str, ...] = ("sweep-into",)
+    """MetaWorld v3 task(s), e.g. sweep-into drawer-open door-open plate-slide (any v3 task; the -v3
+    suffix is optional)."""
+    preset: Literal["quick", "paper"] = "quick"
+    """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
+    method: tuple[MethodName, ...] = ("plare", "bc")
+    """Methods to train, all on the same data and labels. plare (CPL), rlvlmf (reward model + IQL),
+    sft (BC on preferred segments) and bc (keeps cloning, labels unused) continue one shared BC
+    phase with --cpl-steps updates each; pbc starts from scratch with bc-steps + cpl-steps updates
+    and reads the simulator's returns: an oracle reference, not a competitor."""
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
+    """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
+    labeler: Literal["auto", "vlm", "scripted"] = "auto"
+    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
+    scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
+
+    # Offline data and pairs.
+    num_episodes: int = 120
+    """Episodes of mixed-quality data to collect per task."""
+    collection_horizon: int = 250
+    """Steps per collected episode."""
+    data_seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--data-seed",))] = (0,)
+    """Seeds of the offline data and of the pair sampling and labels (each shared by all training
+    seeds). Develop on data seed 0; report on data seeds development never looked at, e.g.
+    `--data-seeds 1 2 --seeds 0 1 2` (6 runs per task and method)."""
+    teacher: Literal["progress", "return"] = "progress"
+    """What the scripted teacher compares (and what label accuracy is measured against):
+    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
+    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
+    ranks the task phase a segment is in rather than how good its actions are)."""
+    stretch_prob: float | None = None
+    """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
+    decoy_prob: float | None = None
+    """Offline data: per-episode probability of a decoy-goal expert (None: per-task default)."""
+    misperceive_prob: float | None = None
+    """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
+    whole episode (None: per-task default; see docs/data_modes.md)."""
+    teacher_noise: TeacherNoiseName = "mistake"
+    """Scripted teacher's noise model, a labeller that errs like a VLM (docs/methods.md): mistake
+    (uniform flips), boltzmann (B-Pref's stochastic teacher), equal (unsure below a score gap),
+    skip (uninformative queries dropped), myopic (recent steps weigh more), hard-pairs (mistakes
+    on similar-looking segments), position-bias (a share of answers says "first" whatever the clips)."""
+    teacher_noise_level: Annotated[float | None, tyro.conf.arg(aliases=("--teacher-mistake-rate",))] = None
+    """The noise model's one knob (None: its noise-free value): mistake: flip probability;
+    boltzmann: beta (larger = cleaner); equal/hard-pairs: a gap in units of the typical score gap;
+    skip: quantile of segment scores dropped; myopic: gamma in (0, 1]; position-bias: share of
+    forced "first" answers. `--teacher-mistake-rate R` is `--teacher-noise-level R` (mistake model)."""
+    teacher_agreement: float | None = None
+    """Set the knob so that the labels agree with the noise-free teacher on this share of the pairs
+    (calibrated on each task's pairs; overrides --teacher-noise-level), e.g. 0.8."""
+
 
     # Evaluation and outputs.
-    eval_every: int = 1000
-    """Evaluate every this many update steps (and at the end of each phase)."""
     eval_episodes: int = 25
     """Episodes per evaluation (success = ever successful)."""
     eval_horizon: int = 250
@@ -233,8 +259,6 @@ class ExperimentConfig:
     """Multi-host: number of processes (with --coordinator-address and --process-id)."""
     process_id: int | None = None
     """Multi-host: this process's index, 0 .. --num-processes - 1 (process 0 writes the run files)."""
-    out_dir: pathlib.Path = pathlib.Path("runs")
-    """Parent directory of run directories."""
     run_name: str | None = None
     """Run directory name (default: timestamp and task). An existing run is never overwritten."""
     resume: pathlib.Path | None = None
@@ -243,13 +267,11 @@ class ExperimentConfig:
     """Cache of offline datasets and the persistent label store, reused across runs."""
     recollect: bool = False
     """Collect the offline data again even when it is cached (replaces a corrupt or truncated cache file)."""
-    vlm: VLMOptions = VLMOptions()
-    methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
-    """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*)."""
 
-    @property
-    def total_steps(self) -> int:
-        return self.bc_steps + self.cpl_steps
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(SharedOptions, _MetaWorldOptions):
+    """PLARE (CPL on VLM preference labels) against its baselines on MetaWorld offline data."""
 
     @property
     def runs_per_cell(self) -> int:
@@ -261,10 +283,6 @@ class ExperimentConfig:
         from plare_jax.envs.tasks import resolve_task  # MetaWorld only here: recorded-data runs never import it
 
         return tuple(resolve_task(name) for name in self.env)
-
-    def method_options(self, name: str):
-        """The method's own options adjusted to this run's budget, or None if it has none."""
-        return method_options(self.methods, name, total_steps=self.total_steps)
 
 
 def validate_updates(config) -> None:

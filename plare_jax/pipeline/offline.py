@@ -36,7 +36,7 @@ from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import METHODS, get_method
 from plare_jax.interrupts import raise_if_stopped, stop_on_signals
-from plare_jax.pipeline.config import (ConfigError, MethodOptions, VLMOptions, method_options, validate_updates)
+from plare_jax.pipeline.config import ConfigError, SharedOptions, validate_updates
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
 from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
@@ -48,8 +48,9 @@ _NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
 
 
 @dataclasses.dataclass(frozen=True)
-class OfflineConfig:
-    """PLARE (CPL on VLM preference labels) and its baselines on recorded robot data, no simulator."""
+class _RecordedOptions:
+    """The recorded-data run's own options (the dataset, its labeler and teacher, the held-out
+    split, normalisation, an optional gymnasium evaluation and the outputs)."""
 
     data: pathlib.Path | None = None
     """Recorded dataset directory (card.json + steps.npz + frames; see docs/data_format.md; make one
@@ -64,59 +65,20 @@ class OfflineConfig:
     teacher: Literal["progress", "return"] = "progress"
     """What the scripted teacher compares when the data has rewards (and what VLM label accuracy is
     measured against): progress = change of the reward over a segment; return = its sum."""
-    teacher_equal_threshold: float = 0.0
-    """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_mistake_rate: float = 0.0
     """Scripted teacher: probability of flipping a label."""
-    unsure: Literal["drop", "tie"] = "drop"
-    """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
-    max_unlabeled_fraction: float = 0.1
-    """Stop before training if more than this share of the pairs got no VLM label (failed or malformed
-    answers; an unsure -1 answer is a label). Failed pairs are not stored: a re-run asks them again."""
     method: tuple[MethodName, ...] = ("plare", "bc")
     """Methods to train, all on the same pairs and labels (see experiments/metaworld.py --help)."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
     """Training seeds."""
     data_seed: int = 0
     """Seed of the pair sampling, the scripted teacher's flips and the held-out split."""
-    num_pairs: int = 2000
-    """Labelled segment pairs (held-out ones included)."""
-    segment_length: int = 64
-    """Steps per segment (at most the longest episode)."""
-    num_keyframes: int = 3
-    """Keyframes per segment tiled into each image shown to the VLM."""
     holdout_fraction: float = 0.1
     """Fraction of the labelled pairs kept out of training to measure preference accuracy on."""
     obs_norm: Literal["zscore", "none"] = "zscore"
     """Observation normalisation (fitted on the data, stored with the exported policy)."""
     action_scaling: Literal["auto", "minmax", "none"] = "auto"
     """Action scaling to the tanh policy's [-1, 1]: auto = min-max only if an action leaves [-1, 1]."""
-
-    # Policy and updates (defaults: the MetaWorld quick preset).
-    hidden_dims: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the policy MLP."""
-    dropout_rate: float = 0.25
-    """Dropout rate of the policy MLP."""
-    learning_rate: float = 3e-4
-    """Adam learning rate (both phases)."""
-    warmup_steps: int = 500
-    """Linear learning-rate warm-up steps, restarted at the BC -> CPL switch."""
-    batch_pairs: int = 32
-    """CPL phase: segment pairs per update."""
-    bc_batch_size: int = 1024
-    """BC phase: (observation, action) rows per update."""
-    alpha: float = 0.1
-    """CPL temperature: segment score = alpha * sum_t log pi(a_t|s_t)."""
-    bias: float = 0.5
-    """CPL conservative bias lambda."""
-    bc_steps: int = 3000
-    """Behaviour-cloning update steps (phase 1)."""
-    cpl_steps: int = 3000
-    """CPL update steps (phase 2); bc runs as many second-phase steps."""
-    metrics_every: int = 100
-    """Training metrics are averaged and fetched from the device every this many steps."""
-    eval_every: int = 1000
-    """Evaluate (held-out preference accuracy, and --eval-env if given) every this many steps."""
 
     # Optional evaluation in an environment.
     eval_env: str | None = None
@@ -130,8 +92,6 @@ class OfflineConfig:
     """Steps per environment evaluation episode."""
 
     # Outputs.
-    out_dir: pathlib.Path = pathlib.Path("runs")
-    """Parent directory of run directories."""
     run_name: str | None = None
     """Run directory name (default: timestamp and dataset name). An existing run is never overwritten."""
     resume: pathlib.Path | None = None
@@ -139,17 +99,14 @@ class OfflineConfig:
     Labels come back from the label store, training from the last checkpoint of each method."""
     cache_dir: pathlib.Path = pathlib.Path("data")
     """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
-    vlm: VLMOptions = VLMOptions()
-    methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
-    """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*), as on MetaWorld."""
 
-    @property
-    def total_steps(self) -> int:
-        return self.bc_steps + self.cpl_steps
 
-    def method_options(self, name: str):
-        """The method's own options, as in the MetaWorld experiment (schedules follow the budget)."""
-        return method_options(self.methods, name, total_steps=self.total_steps)
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig(SharedOptions, _RecordedOptions):
+    """PLARE (CPL on VLM preference labels) and its baselines on recorded robot data, no simulator.
+
+    The labels, pairs, policy, updates, VLM and method options are the MetaWorld experiment's
+    (`pipeline.config.SharedOptions`, the same defaults: its quick preset)."""
 
 
 def validate(config: OfflineConfig) -> None:
