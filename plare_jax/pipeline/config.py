@@ -110,6 +110,19 @@ class SharedOptions:
     # Labels and pairs.
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
+    teacher_noise: TeacherNoiseName = "mistake"
+    """Scripted teacher's noise model, a labeller that errs like a VLM (docs/methods.md): mistake
+    (uniform flips), boltzmann (B-Pref's stochastic teacher), equal (unsure below a score gap),
+    skip (uninformative queries dropped), myopic (recent steps weigh more), hard-pairs (mistakes
+    on similar-looking segments), position-bias (a share of answers says "first" whatever the clips)."""
+    teacher_noise_level: Annotated[float | None, tyro.conf.arg(aliases=("--teacher-mistake-rate",))] = None
+    """The noise model's one knob (None: its noise-free value): mistake: flip probability;
+    boltzmann: beta (larger = cleaner); equal/hard-pairs: a gap in units of the typical score gap;
+    skip: quantile of segment scores dropped; myopic: gamma in (0, 1]; position-bias: share of
+    forced "first" answers. `--teacher-mistake-rate R` is `--teacher-noise-level R` (mistake model)."""
+    teacher_agreement: float | None = None
+    """Set the knob so that the labels agree with the noise-free teacher on this share of the pairs
+    (calibrated on each task's pairs; overrides --teacher-noise-level), e.g. 0.8."""
     unsure: Literal["drop", "tie"] = "drop"
     """What an unsure (-1) label becomes: drop = weight 0 (PLARE); tie = label 0.5 (RL-VLM-F baseline)."""
     max_unlabeled_fraction: float = 0.1
@@ -205,19 +218,6 @@ class _MetaWorldOptions:
     misperceive_prob: float | None = None
     """Offline data: per-episode probability of an expert that sees the object/handle shifted for the
     whole episode (None: per-task default; see docs/data_modes.md)."""
-    teacher_noise: TeacherNoiseName = "mistake"
-    """Scripted teacher's noise model, a labeller that errs like a VLM (docs/methods.md): mistake
-    (uniform flips), boltzmann (B-Pref's stochastic teacher), equal (unsure below a score gap),
-    skip (uninformative queries dropped), myopic (recent steps weigh more), hard-pairs (mistakes
-    on similar-looking segments), position-bias (a share of answers says "first" whatever the clips)."""
-    teacher_noise_level: Annotated[float | None, tyro.conf.arg(aliases=("--teacher-mistake-rate",))] = None
-    """The noise model's one knob (None: its noise-free value): mistake: flip probability;
-    boltzmann: beta (larger = cleaner); equal/hard-pairs: a gap in units of the typical score gap;
-    skip: quantile of segment scores dropped; myopic: gamma in (0, 1]; position-bias: share of
-    forced "first" answers. `--teacher-mistake-rate R` is `--teacher-noise-level R` (mistake model)."""
-    teacher_agreement: float | None = None
-    """Set the knob so that the labels agree with the noise-free teacher on this share of the pairs
-    (calibrated on each task's pairs; overrides --teacher-noise-level), e.g. 0.8."""
 
 
     # Evaluation and outputs.
@@ -314,6 +314,18 @@ def validate_updates(config) -> None:
         raise ConfigError("--bias must be in (0, 1]")
     if not 0.0 <= config.max_unlabeled_fraction <= 1.0:
         raise ConfigError(f"--max-unlabeled-fraction must be in [0, 1], got {config.max_unlabeled_fraction}")
+    try:
+        if config.teacher_noise_level is not None:
+            TeacherNoise(config.teacher_noise, config.teacher_noise_level)
+    except ValueError as e:
+        raise ConfigError(f"--teacher-noise {config.teacher_noise} --teacher-noise-level "
+                          f"{config.teacher_noise_level}: {e}") from None
+    if config.teacher_agreement is not None:
+        if not 0.5 <= config.teacher_agreement <= 1.0:
+            raise ConfigError(f"--teacher-agreement must be in [0.5, 1], got {config.teacher_agreement}")
+        if config.teacher_noise_level is not None:
+            raise ConfigError("pass --teacher-agreement or --teacher-noise-level, not both: the agreement "
+                              "sets the level")
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -327,18 +339,6 @@ def validate(config: ExperimentConfig) -> None:
     if config.final_eval_episodes < config.eval_episodes:
         raise ConfigError(f"--final-eval-episodes ({config.final_eval_episodes}) must be at least "
                           f"--eval-episodes ({config.eval_episodes}): the final evaluation extends the periodic one")
-    try:
-        if config.teacher_noise_level is not None:
-            TeacherNoise(config.teacher_noise, config.teacher_noise_level)
-    except ValueError as e:
-        raise ConfigError(f"--teacher-noise {config.teacher_noise} --teacher-noise-level "
-                          f"{config.teacher_noise_level}: {e}") from None
-    if config.teacher_agreement is not None:
-        if not 0.5 <= config.teacher_agreement <= 1.0:
-            raise ConfigError(f"--teacher-agreement must be in [0.5, 1], got {config.teacher_agreement}")
-        if config.teacher_noise_level is not None:
-            raise ConfigError("pass --teacher-agreement or --teacher-noise-level, not both: the agreement "
-                              "sets the level")
     if config.segment_length > config.collection_horizon:
         raise ConfigError(f"--segment-length ({config.segment_length}) is longer than an episode "
                           f"(--collection-horizon {config.collection_horizon})")
@@ -409,10 +409,10 @@ def config_from_dict(values: dict, cls: type | None = None):
     keys (options since removed) are dropped and the options added since take their defaults."""
     cls = cls or ExperimentConfig
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    legacy = cls is ExperimentConfig  # run dirs written before --data-seeds and --teacher-noise existed
+    legacy = cls is ExperimentConfig  # run dirs written before --data-seeds existed
     renamed, legacy_methods = {}, {}
     for name, value in values.items():
-        if legacy and name == "teacher_mistake_rate":
+        if name == "teacher_mistake_rate":  # written before --teacher-noise existed (both experiments)
             name = "teacher_noise_level"
         elif legacy and name == "data_seed":
             name, value = "data_seeds", (value,)

@@ -89,9 +89,9 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
     t0 = time.perf_counter()
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
                                  rng=np.random.default_rng(data_seed))
-    preferences, stats = label_pairs(config, choice, task, dataset, pairs, base_url,
+    preferences, stats = label_pairs(config, choice, _goal_text(config, choice, task), dataset, pairs, base_url,
                                      config.cache_dir / "labels.sqlite", data_seed=data_seed,
-                                     should_stop=should_stop)
+                                     pair_images=_rendered_pair_images(config, dataset), should_stop=should_stop)
     timings["labels_s"] = time.perf_counter() - t0
 
     oracle = ScriptedTeacher().label(PairBatch(task, scores=teacher_scores(config, pairs)),
@@ -124,3 +124,25 @@ def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, dat
     data_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(data_dir / "data_and_labels.json", summary)
     return TaskData(task, training, summary)
+
+
+def _goal_text(config: ExperimentConfig, choice: LabelerChoice, task: str) -> str:
+    """The prompt's goal text; the scripted teacher reads none, so it gets the task id (asking
+    for the text would warn about tasks without one)."""
+    if choice.kind == "scripted":
+        return task
+    from plare_jax.envs.tasks import task_text
+
+    return task_text(task, config.vlm.task_text)
+
+
+def _rendered_pair_images(config: ExperimentConfig, dataset):
+    """MetaWorld's pair images: keyframes re-rendered from the stored simulator states."""
+
+    def pair_images(pairs):
+        from plare_jax.envs.render import RenderConfig, render_pair_images
+
+        return render_pair_images(dataset, pairs, RenderConfig(num_keyframes=config.num_keyframes),
+                                  workers=config.workers)
+
+    return pair_images

@@ -19,7 +19,7 @@ from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, noise_free_l
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, SharedOptions
 
 VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
 
@@ -72,7 +72,7 @@ def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
     )
 
 
-def teacher_scores(config: ExperimentConfig, pairs: SegmentPairs) -> np.ndarray:
+def teacher_scores(config, pairs: SegmentPairs) -> np.ndarray:
     """[P, 2] ground-truth score per segment that the scripted teacher compares."""
     return pairs.progress if config.teacher == "progress" else pairs.returns
 
@@ -86,14 +86,14 @@ def teacher_step_scores(dataset, pairs: SegmentPairs) -> np.ndarray | None:
     return np.asarray(dataset.rewards, np.float64)[rows]
 
 
-def teacher_is_noise_free(config: ExperimentConfig) -> bool:
+def teacher_is_noise_free(config: SharedOptions) -> bool:
     """Whether the scripted teacher's labels are its own noise-free ones under these options."""
     if config.teacher_agreement is not None:
         return config.teacher_agreement == 1.0
     return config.teacher_noise_level is None or config.teacher_noise_level == noise_free_level(config.teacher_noise)
 
 
-def scripted_teacher(config: ExperimentConfig, scores: np.ndarray, step_scores: np.ndarray | None, *,
+def scripted_teacher(config: SharedOptions, scores: np.ndarray, step_scores: np.ndarray | None, *,
                      data_seed: int) -> ScriptedTeacher:
     """The scripted teacher of --teacher-noise with its knob: --teacher-noise-level as given, or the
     level calibrated on these pairs to reach --teacher-agreement with the noise-free teacher."""
@@ -112,37 +112,36 @@ def scripted_teacher(config: ExperimentConfig, scores: np.ndarray, step_scores: 
                            noise=TeacherNoise(model, level), seed=data_seed)
 
 
-def label_pairs(config: ExperimentConfig, choice: LabelerChoice, task: str, dataset, pairs: SegmentPairs,
-                base_url: str | None, label_store_path, *, data_seed: int,
+PairImages = Callable[[SegmentPairs], list]
+"""The images the VLM sees of some pairs: `pair_images(pairs) -> [(first, second) uint8 HxWx3]`
+(a data source's: MetaWorld renders them from the stored simulator states, recorded data tiles
+its stored frames)."""
+
+
+def label_pairs(config: SharedOptions, choice: LabelerChoice, goal_text: str, dataset, pairs: SegmentPairs,
+                base_url: str | None, label_store_path, *, data_seed: int, pair_images: PairImages | None = None,
                 should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict]:
     """Preferences [P] in {0, 1, -1} from the chosen labeler, plus its statistics.
 
-    `should_stop` is checked between VLM chunks (rendering, then labeling 512 pairs).
+    Scripted: the teacher of --teacher-noise on the dataset's rewards. VLM: `pair_images` of each
+    chunk of 512 pairs, labelled into the content-addressed store at `label_store_path`, with
+    `should_stop` checked between making the images and labelling them.
     """
     if choice.kind == "scripted":
         scores = teacher_scores(config, pairs)
         step_scores = teacher_step_scores(dataset, pairs) if config.teacher_noise == "myopic" else None
         teacher = scripted_teacher(config, scores, step_scores, data_seed=data_seed)
-        # The teacher reads no text: the task id, not task_text (which warns about tasks without one).
-        result = teacher.label(PairBatch(task, scores=scores, step_scores=step_scores), progress=False)
+        result = teacher.label(PairBatch(goal_text, scores=scores, step_scores=step_scores), progress=False)
         return result.preferences, result.stats
-    # MetaWorld is imported here, not at module level: recorded-data runs use this module too.
-    from plare_jax.envs.render import RenderConfig, render_pair_images
-    from plare_jax.envs.tasks import task_text
-
-    goal_text = task_text(task, config.vlm.task_text)
-
-    render_config = RenderConfig(num_keyframes=config.num_keyframes)
-    labeler_config = vlm_config(config, base_url)
+    if pair_images is None:
+        raise ValueError("label_pairs: a VLM labels images, so it needs the data source's pair_images")
     preferences, stats_list = [], []
-    chunk = 512  # render then label in chunks: bounded memory, and labels are stored as they come
+    chunk = 512  # images then labels in chunks: bounded memory, and labels are stored as they come
     with LabelStore(label_store_path) as store:
-        labeler = VLMLabeler(labeler_config, store=store)
-        for begin in range(0, len(pairs.starts), chunk):
+        labeler = VLMLabeler(vlm_config(config, base_url), store=store)
+        for begin in range(0, pairs.num_pairs, chunk):
             raise_if_stopped(should_stop)
-            index = np.arange(begin, min(begin + chunk, len(pairs.starts)))
-            images = render_pair_images(dataset, pairs.take(index), render_config,
-                                        workers=config.workers)
+            images = pair_images(pairs.take(np.arange(begin, min(begin + chunk, pairs.num_pairs))))
             raise_if_stopped(should_stop)
             png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
             result = labeler.label(PairBatch(goal_text, images=png_pairs))

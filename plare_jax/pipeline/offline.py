@@ -24,21 +24,19 @@ import numpy as np
 import tyro
 
 from plare_jax import plotting, runs
-from plare_jax.data.keyframes import encode_png
-from plare_jax.data.recorded import RecordedDataset, load_recorded, recorded_pair_images
+from plare_jax.data.recorded import RecordedDataset, load_recorded
+from plare_jax.data.recorded import recorded_pair_images as stored_pair_images
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_segment_starts
 from plare_jax.export import Normalizer, export_policy
 from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
 from plare_jax.labeling.coverage import check_label_coverage
 from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
-from plare_jax.labeling.store import LabelStore
-from plare_jax.labeling.vlm import VLMLabeler
 from plare_jax.methods import METHODS, get_method
-from plare_jax.interrupts import raise_if_stopped, stop_on_signals
+from plare_jax.interrupts import stop_on_signals
 from plare_jax.pipeline.config import ConfigError, SharedOptions, validate_updates
 from plare_jax.pipeline.data import TaskData, training_data
-from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, merge_stats, vlm_config
+from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, label_pairs, teacher_scores
 from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
 from plare_jax.pipeline.train import method_evals, restore_final_state, train_seed
 
@@ -65,8 +63,6 @@ class _RecordedOptions:
     teacher: Literal["progress", "return"] = "progress"
     """What the scripted teacher compares when the data has rewards (and what VLM label accuracy is
     measured against): progress = change of the reward over a segment; return = its sum."""
-    teacher_mistake_rate: float = 0.0
-    """Scripted teacher: probability of flipping a label."""
     method: tuple[MethodName, ...] = ("plare", "bc")
     """Methods to train, all on the same pairs and labels (see experiments/metaworld.py --help)."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
@@ -115,8 +111,6 @@ def validate(config: OfflineConfig) -> None:
         raise ConfigError("--data PATH is required: a recorded dataset directory (make one with "
                           "experiments/import_data.py), or --resume RUN_DIR to continue a run")
     validate_updates(config)
-    if not 0.0 <= config.teacher_mistake_rate <= 1.0:
-        raise ConfigError("--teacher-mistake-rate must be in [0, 1]")
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {config.holdout_fraction}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
@@ -183,37 +177,11 @@ def check_inputs(config: OfflineConfig) -> tuple[RecordedDataset, str, LabelerCh
     return dataset, text, choice
 
 
-def teacher_scores(config: OfflineConfig, pairs: SegmentPairs) -> np.ndarray:
-    return pairs.progress if config.teacher == "progress" else pairs.returns
-
-
-def label_recorded_pairs(config: OfflineConfig, choice: LabelerChoice, dataset: RecordedDataset,
-                         pairs: SegmentPairs, text: str, base_url: str | None,
-                         should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict]:
-    """Preferences [P] in {0, 1, -1} and the labeler's statistics.
-
-    VLM: keyframe strips built from the stored frames (the MetaWorld path's keyframes, tiling and
-    prompt), labelled in chunks into the content-addressed store `cache_dir/labels.sqlite`.
-    """
-    if choice.kind == "scripted":
-        teacher = ScriptedTeacher(equal_threshold=config.teacher_equal_threshold,
-                                  mistake_rate=config.teacher_mistake_rate, seed=config.data_seed)
-        result = teacher.label(PairBatch(text, scores=teacher_scores(config, pairs)), progress=False)
-        return result.preferences, result.stats
-    preferences, stats_list = [], []
-    chunk = 512  # bounded memory; labels are stored as they come
-    with LabelStore(config.cache_dir / "labels.sqlite") as store:
-        labeler = VLMLabeler(vlm_config(config, base_url), store=store)
-        for begin in range(0, pairs.num_pairs, chunk):
-            raise_if_stopped(should_stop)
-            index = np.arange(begin, min(begin + chunk, pairs.num_pairs))
-            images = recorded_pair_images(dataset, pairs.take(index), camera=config.camera,
-                                          num_keyframes=config.num_keyframes, progress=True)
-            png_pairs = [(encode_png(a), encode_png(b)) for a, b in images]
-            result = labeler.label(PairBatch(text, images=png_pairs))
-            preferences.append(result.preferences)
-            stats_list.append(result.stats)
-    return np.concatenate(preferences), merge_stats(stats_list)
+def recorded_pair_images(config: OfflineConfig, dataset: RecordedDataset):
+    """Recorded data's pair images: keyframes taken from the stored frames of --camera (the
+    MetaWorld path's keyframes, tiling and prompt)."""
+    return lambda pairs: stored_pair_images(dataset, pairs, camera=config.camera,
+                                           num_keyframes=config.num_keyframes, progress=True)
 
 
 def label_statistics(preferences: np.ndarray, stats: dict) -> dict:
@@ -246,7 +214,9 @@ def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, cho
     t0 = time.perf_counter()
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
                                  rng=np.random.default_rng(config.data_seed))
-    preferences, stats = label_recorded_pairs(config, choice, dataset, pairs, text, base_url, should_stop)
+    preferences, stats = label_pairs(config, choice, text, dataset, pairs, base_url, config.cache_dir / "labels.sqlite",
+                                     data_seed=config.data_seed, pair_images=recorded_pair_images(config, dataset),
+                                     should_stop=should_stop)
     timings["labels_s"] = time.perf_counter() - t0
     if dataset.rewards is not None:
         teacher = ScriptedTeacher().label(PairBatch(text, scores=teacher_scores(config, pairs)), progress=False)
