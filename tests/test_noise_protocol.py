@@ -61,6 +61,19 @@ def test_old_run_directories_keep_their_flip_rate():
            "teacher_noise_level": 0.3, "teacher_agreement": None, "final_eval_episodes": None}
     assert protocol_difference(old, new) is None
     assert protocol_difference(old, {**new, "teacher_noise": "hard-pairs"}) is not None
+    # A recorded-data run stored its flips as teacher_mistake_rate too: the same model and level,
+    # and the same labels as the flips it was made with.
+    from plare_jax.labeling.base import PairBatch
+    from plare_jax.labeling.scripted import ScriptedTeacher
+    from plare_jax.pipeline.labels import scripted_teacher
+    from plare_jax.pipeline.offline import OfflineConfig
+
+    recorded = config_from_dict({"data": "some/dir", "data_seed": 4, "teacher_mistake_rate": 0.3}, OfflineConfig)
+    assert (recorded.teacher_noise, recorded.teacher_noise_level, recorded.data_seed) == ("mistake", 0.3, 4)
+    scores = np.random.default_rng(0).normal(size=(200, 2))
+    now = scripted_teacher(recorded, scores, None, data_seed=4).label(PairBatch("t", scores=scores), progress=False)
+    before = ScriptedTeacher(mistake_rate=0.3, seed=4).label(PairBatch("t", scores=scores), progress=False)
+    np.testing.assert_array_equal(now.preferences, before.preferences)
 
 
 @pytest.mark.parametrize("argv, match", [
