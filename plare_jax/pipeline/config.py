@@ -107,6 +107,19 @@ class SharedOptions:
     `ExperimentConfig` and `pipeline.offline.OfflineConfig` inherit them (the flags are the same
     on both command lines)."""
 
+    method: tuple[MethodName, ...] = ("plare", "bc")
+    """Methods to train, all on the same data, pairs and labels. plare (CPL) and plare-robust,
+    rlvlmf (reward model + IQL), sft (BC on preferred segments) and bc (keeps cloning, labels
+    unused) continue one shared BC phase with --cpl-steps updates each; pbc starts from scratch
+    with bc-steps + cpl-steps updates and reads the simulator's (or the data's stored) returns: an
+    oracle reference, not a competitor."""
+    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
+    """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
+    labeler: Literal["auto", "vlm", "scripted"] = "auto"
+    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
+    scripted teacher (the simulator's reward; on recorded data, the stored rewards). vlm: require
+    the VLM. scripted: the scripted teacher."""
+
     # Labels and pairs.
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
@@ -186,16 +199,6 @@ class _MetaWorldOptions:
     suffix is optional)."""
     preset: Literal["quick", "paper"] = "quick"
     """quick: the whole pipeline on a 2-core CPU in minutes. paper: the reference settings (GPU)."""
-    method: tuple[MethodName, ...] = ("plare", "bc")
-    """Methods to train, all on the same data and labels. plare (CPL), rlvlmf (reward model + IQL),
-    sft (BC on preferred segments) and bc (keeps cloning, labels unused) continue one shared BC
-    phase with --cpl-steps updates each; pbc starts from scratch with bc-steps + cpl-steps updates
-    and reads the simulator's returns: an oracle reference, not a competitor."""
-    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
-    """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
-    labeler: Literal["auto", "vlm", "scripted"] = "auto"
-    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
-    scripted teacher (simulator reward). vlm: require the VLM. scripted: the simulator's teacher."""
 
     # Offline data and pairs.
     num_episodes: int = 120

@@ -19,7 +19,7 @@ from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, noise_free_l
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, SharedOptions
+from plare_jax.pipeline.config import ConfigError, SharedOptions
 
 VLM_BASE_URL_ENV = "PLARE_VLM_BASE_URL"
 
@@ -32,7 +32,7 @@ class LabelerChoice:
     launch: bool = False
 
 
-def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
+def choose_labeler(config: SharedOptions) -> LabelerChoice:
     """Resolve --labeler auto/vlm/scripted to what will run, checking a given endpoint at once."""
     if config.labeler == "scripted":
         return LabelerChoice("scripted", "requested with --labeler scripted")
@@ -63,7 +63,7 @@ def choose_labeler(config: ExperimentConfig) -> LabelerChoice:
         "or run with --vlm.launch on a GPU machine")
 
 
-def vlm_config(config: ExperimentConfig, base_url: str) -> VLMConfig:
+def vlm_config(config: SharedOptions, base_url: str) -> VLMConfig:
     return VLMConfig(
         base_url=base_url, model=config.vlm.model, api_key_env=config.vlm.api_key_env,
         concurrency=config.vlm.concurrency, timeout_s=config.vlm.timeout_s,

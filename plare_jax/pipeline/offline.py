@@ -18,10 +18,9 @@ import pathlib
 import time
 import types
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-import tyro
 
 from plare_jax import plotting, runs
 from plare_jax.data.recorded import RecordedDataset, load_recorded
@@ -40,7 +39,6 @@ from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, label_pairs
 from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
 from plare_jax.pipeline.train import method_evals, restore_final_state, train_seed
 
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods that read simulator ground truth cannot run on data without it.
 _NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
 
@@ -55,18 +53,11 @@ class _RecordedOptions:
     with experiments/import_data.py). Required, except with --resume."""
     task_text: str | None = None
     """Goal text for the VLM, e.g. "open the drawer" (default: the dataset card's task_text)."""
-    labeler: Literal["auto", "vlm", "scripted"] = "auto"
-    """auto: the VLM when an endpoint is configured or vLLM can be launched on a local GPU, else the
-    scripted teacher on the dataset's stored rewards. vlm: require the VLM. scripted: require rewards."""
     camera: str | None = None
     """Camera whose frames the VLM sees (default: the first in the card)."""
     teacher: Literal["progress", "return"] = "progress"
     """What the scripted teacher compares when the data has rewards (and what VLM label accuracy is
     measured against): progress = change of the reward over a segment; return = its sum."""
-    method: tuple[MethodName, ...] = ("plare", "bc")
-    """Methods to train, all on the same pairs and labels (see experiments/metaworld.py --help)."""
-    seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
-    """Training seeds."""
     data_seed: int = 0
     """Seed of the pair sampling, the scripted teacher's flips and the held-out split."""
     holdout_fraction: float = 0.1

@@ -20,7 +20,7 @@ from plare_jax import runs, tracking
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.learner import LearnerConfig
 from plare_jax.methods import BC_PHASE, Method, PolicyFn, get_method
-from plare_jax.pipeline.config import ExperimentConfig
+from plare_jax.pipeline.config import ExperimentConfig, SharedOptions
 from plare_jax.pipeline.data import TaskData
 
 SHARED_BC_BRANCH = "bc_phase"
@@ -51,7 +51,7 @@ def evaluation_seed(data_seed: int, seed: int) -> int:
     return int(state[0] >> 2)  # 30 bits: room for the per-episode offsets added to it
 
 
-def learner_config(config: ExperimentConfig) -> LearnerConfig:
+def learner_config(config: SharedOptions) -> LearnerConfig:
     """The policy network and optimizer settings every method's policy uses."""
     return LearnerConfig(
         hidden_dims=tuple(config.hidden_dims), dropout_rate=config.dropout_rate,
@@ -89,7 +89,7 @@ def metaworld_evaluator(config: ExperimentConfig, task: str, data_seed: int, see
     return evaluate_fn
 
 
-def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, *, branch: str,
+def run_branch(config: SharedOptions, data: TaskData, method: Method, state, *, branch: str,
                start_step: int, num_steps: int, seed: int, unit_dir: pathlib.Path,
                log: runs.MetricsLog, video_path: pathlib.Path | None = None,
                evaluate_fn: EvaluateFn | None = None, should_stop: Callable[[], bool] | None = None,
@@ -162,7 +162,7 @@ def run_branch(config: ExperimentConfig, data: TaskData, method: Method, state, 
     return state
 
 
-def create_state(config: ExperimentConfig, data: TaskData, method: Method, seed: int, *, init=None):
+def create_state(config: SharedOptions, data: TaskData, method: Method, seed: int, *, init=None):
     """The fresh state a method's branch of one run unit starts from (`init`: the shared BC
     phase's final state, for a method that continues it)."""
     return method.create(jax.random.key(seed), learner_config(config), data.training,
@@ -170,7 +170,7 @@ def create_state(config: ExperimentConfig, data: TaskData, method: Method, seed:
                          options=config.method_options(method.name))
 
 
-def restore_final_state(config: ExperimentConfig, data: TaskData, method_name: str, seed: int,
+def restore_final_state(config: SharedOptions, data: TaskData, method_name: str, seed: int,
                         unit_dir: pathlib.Path):
     """A method's state at its branch's last checkpoint in `unit_dir` (its fresh state if none).
 
@@ -200,7 +200,7 @@ def method_evals(records: list[dict], method: Method) -> list[dict]:
     return sorted(evals, key=lambda r: r["step"])
 
 
-def train_seed(config: ExperimentConfig, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
+def train_seed(config: SharedOptions, data: TaskData, seed: int, unit_dir: pathlib.Path, *,
                video_dir: pathlib.Path | None = None, evaluate_fn: EvaluateFn | None = None,
                should_stop: Callable[[], bool] | None = None,
                tracker: tracking.UnitTracker | None = None,
