@@ -45,12 +45,23 @@ def plot_learning_curves(
                                 color=line.get_color(), alpha=0.2)
         if phase_switch_step is not None:
             ax.axvline(phase_switch_step, color="gray", linestyle=":", linewidth=1)
-        ax.set_title(task)
-        ax.set_xlabel("update step")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        _style_rate_axes(ax, task, "update step", ylabel)
+    _save(fig, path)
+
+
+def _style_rate_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """A panel whose y axis is a rate in [0, 1] (success, accuracy): the shared styling."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -88,15 +99,8 @@ def plot_label_noise(
             ax.errorbar(100 * rates + offset, means, yerr=np.clip(errors, 0, None), marker="o", markersize=4,
                         capsize=3, label=method)
         ax.set_xticks(sorted({100 * r for _, rows in methods for r, *_ in rows}))
-        ax.set_title(task)
-        ax.set_xlabel("labels flipped (%)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _style_rate_axes(ax, task, "labels flipped (%)", ylabel)
+    _save(fig, path)
 
 
 def plot_aggregate_intervals(
@@ -206,12 +210,5 @@ def plot_iqm_vs_agreement(
         if agreements:
             ax.set_xticks(sorted(agreements))
             ax.set_xlim(max(agreements) + 2, min(agreements) - 2)  # decreasing agreement to the right
-        ax.set_title(f"noise: {model}")
-        ax.set_xlabel("labels agreeing with the teacher (%)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _style_rate_axes(ax, f"noise: {model}", "labels agreeing with the teacher (%)", ylabel)
+    _save(fig, path)

@@ -305,3 +305,39 @@ def test_label_stats_of_chunks_merge_into_one_report():
     assert merged["concurrency"] == 32 and merged["latency_p50_s"] == 0.3
     assert merged["pairs_per_s"] == pytest.approx(13 / 3.0)
     assert merged["requests_per_s"] == pytest.approx(26 / 3.0)
+
+
+# The paper preset with only its update counts, evaluation episodes and seeds cut: its data (500
+# episodes), its pairs (10,000, scripted labels), its 2x512 networks, batch 96 (and BC batch
+# 6144), and every method. What a GPU user launches first is known to start and finish.
+PAPER_SHORTENED = ["--preset", "paper", "--env", "sweep-into", "--labeler", "scripted", "--seeds", "0",
+                   "--method", "plare", "plare-robust", "rlvlmf", "sft", "bc", "pbc",
+                   "--bc-steps", "200", "--cpl-steps", "200", "--metrics-every", "100", "--eval-every", "200",
+                   "--rlvlmf.reward-steps", "200", "--eval-episodes", "2", "--final-eval-episodes", "2",
+                   "--eval-horizon", "50", "--no-video", "--workers", "2"]
+
+
+@pytest.mark.slow
+def test_paper_preset_runs_end_to_end_with_only_its_update_counts_shortened(tmp_path):
+    import resource
+
+    proc = run_cli([*PAPER_SHORTENED, "--run-name", "paper", "--out-dir", str(tmp_path / "runs"),
+                    "--cache-dir", str(tmp_path / "cache")], tmp_path, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "paper"
+    config = json.loads((run_dir / "config.json").read_text())
+    # The preset's sizes, not the quick ones.
+    assert (config["preset"], config["num_episodes"], config["num_pairs"]) == ("paper", 500, 10_000)
+    assert config["hidden_dims"] == [512, 512] and config["batch_pairs"] == 96 and config["bc_batch_size"] == 6144
+    assert config["methods"]["rlvlmf"]["reward_hidden_dims"] == [512, 512]
+    results = json.loads((run_dir / "results.json").read_text())
+    task = results["tasks"]["sweep-into-v3"]
+    assert task["data"]["0"]["labels"]["pairs"] == 10_000
+    assert set(task["methods"]) == {"plare", "plare-robust", "rlvlmf", "sft", "bc", "pbc"}
+    for name, method in task["methods"].items():
+        (run,) = method["runs"]
+        assert run["step"] == 400, (name, run)  # 200 BC + 200 second-phase updates; pbc 400 from scratch
+        assert 0.0 <= run["success_rate"] <= 1.0
+    assert task["methods"]["rlvlmf"]["runs"][0]["reward_model_steps"] == 200
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"paper preset (shortened) peak host memory of the run: {peak_mib:.0f} MiB")

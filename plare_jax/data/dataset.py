@@ -42,6 +42,29 @@ def episode_lengths(episode_ids: np.ndarray, num_episodes: int) -> np.ndarray:
     return np.bincount(episode_ids, minlength=num_episodes).astype(np.int64)
 
 
+class EpisodeRows:
+    """Row counts and episode boundaries of a dataset whose `observations` [N, ...] and
+    `episode_ids` [N] are stored per step, episode by episode (MetaWorld's and recorded data);
+    the dataset says how many episodes it has (`num_episodes`)."""
+
+    observations: np.ndarray
+    episode_ids: np.ndarray
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.observations.shape[0])
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """[E] int64 row index of each episode's first step."""
+        return episode_starts(self.episode_ids, self.num_episodes)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """[E] int64 number of steps per episode."""
+        return episode_lengths(self.episode_ids, self.num_episodes)
+
+
 class DatasetError(PlareError, ValueError):
     """A dataset that is malformed, corrupt, or not the one that was asked for.
 
@@ -55,7 +78,7 @@ class DatasetError(PlareError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OfflineDataset:
+class OfflineDataset(EpisodeRows):
     """Steps of several episodes, concatenated in step order.
 
     Row i holds the observation the agent saw, the action it took there, and what followed.
@@ -86,22 +109,8 @@ class OfflineDataset:
         _validate(self)
 
     @property
-    def num_steps(self) -> int:
-        return int(self.observations.shape[0])
-
-    @property
     def num_episodes(self) -> int:
         return int(self.episode_layouts.shape[0])
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """[E] int64 row index of each episode's first step."""
-        return episode_starts(self.episode_ids, self.num_episodes)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        """[E] int64 number of steps per episode."""
-        return episode_lengths(self.episode_ids, self.num_episodes)
 
     @property
     def episode_success(self) -> np.ndarray:

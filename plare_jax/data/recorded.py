@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plare_jax.data import video as video_io
-from plare_jax.data.dataset import DatasetError, episode_lengths, episode_starts
+from plare_jax.data.dataset import DatasetError, EpisodeRows
 from plare_jax.data.keyframes import keyframe_offsets, tile_keyframes
 from plare_jax.data.segments import SegmentPairs
 
@@ -99,7 +99,7 @@ class CameraFrames:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class RecordedDataset:
+class RecordedDataset(EpisodeRows):
     """Steps of recorded episodes, concatenated in step order, with their camera frames.
 
     Row i holds the observation the policy saw and the action taken there (no shift between
@@ -126,22 +126,8 @@ class RecordedDataset:
     root: Path
 
     @property
-    def num_steps(self) -> int:
-        return int(self.observations.shape[0])
-
-    @property
     def num_episodes(self) -> int:
         return int(self.episode_ids[-1]) + 1 if self.num_steps else 0
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """[E] int64 row index of each episode's first step."""
-        return episode_starts(self.episode_ids, self.num_episodes)
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        """[E] int64 number of steps per episode."""
-        return episode_lengths(self.episode_ids, self.num_episodes)
 
     @property
     def task_text(self) -> str:

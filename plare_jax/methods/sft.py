@@ -18,7 +18,8 @@ import numpy as np
 
 from plare_jax import learner
 from plare_jax.learner import LearnerConfig, LearnerState
-from plare_jax.methods.base import PolicyFn, TrainingData
+from plare_jax.methods.base import TrainingData
+from plare_jax.methods.bc import BC
 
 __all__ = ["SFT", "METHOD", "preferred_segment_rows"]
 
@@ -43,16 +44,12 @@ def preferred_segment_rows(data: TrainingData) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFT:
+class SFT(BC):
+    """BC's learner and phase on other rows: it differs from `bc` in `create` (a fresh "bc" phase
+    after the shared one) and `device_data` (the preferred segments' rows only)."""
+
     name: str = "sft"
     description: str = "SFT: behaviour cloning on the preferred segments only"
-    starts_from_bc_phase: bool = True
-    oracle: bool = False
-    default_options: None = None  # no options of its own
-    options_help: str = ""
-
-    def options_for_run(self, options: None, *, total_steps: int) -> None:
-        return options
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,
                init: LearnerState | None, options: Any = None) -> LearnerState:
@@ -62,19 +59,6 @@ class SFT:
 
     def device_data(self, state: LearnerState, data: TrainingData) -> learner.TransitionData:
         return data.transition_data(preferred_segment_rows(data))
-
-    def prepare(self, state, device_data, key, *, mesh=None, should_stop=None):
-        return state  # nothing to do before the first update
-
-    def train(self, state, device_data, key, num_steps, *, metrics_every, mesh=None):
-        return learner.train(state, device_data, key, num_steps, phase="bc",
-                             metrics_every=metrics_every, mesh=mesh)
-
-    def policy_fn(self, state: LearnerState) -> PolicyFn:
-        return learner.make_policy_fn(state)
-
-    def policy_params(self, state: LearnerState):
-        return state.params
 
     def report(self, state: LearnerState, data: TrainingData) -> dict:
         confident = (data.weights > 0) & ((data.labels == 0.0) | (data.labels == 1.0))
