@@ -42,18 +42,20 @@ _PASS_BATCH = 8192
 
 @dataclasses.dataclass(frozen=True)
 class IQLConfig:
-    """IQL's hyperparameters (the rlvlmf options hold the user-facing ones and build this)."""
+    """IQL's hyperparameters, all given: their defaults and documentation are the user-facing
+    options' (`methods.rlvlmf.RLVLMFOptions`, whose fields of these names build this), so that
+    one place holds them."""
 
-    lr: float = 3e-4
-    expectile: float = 0.7
-    inverse_temperature: float = 3.0
-    max_weight: float = 100.0
-    discount: float = 0.99
-    tau: float = 0.005
-    batch_size: int = 256
-    schedule_steps: int = 6000
-    critic_hidden_dims: tuple[int, ...] = (256, 256)
-    value_hidden_dims: tuple[int, ...] = (256, 256)
+    lr: float  # Adam rate of the critics and V (constant), and the actor's peak rate
+    expectile: float
+    inverse_temperature: float
+    max_weight: float  # clip of the advantage weights
+    discount: float
+    tau: float  # Polyak rate of the target critics
+    batch_size: int  # transitions per update
+    schedule_steps: int  # the actor's warm-up + cosine decay ends here
+    critic_hidden_dims: tuple[int, ...]
+    value_hidden_dims: tuple[int, ...]
 
 
 class IQLData(flax.struct.PyTreeNode):

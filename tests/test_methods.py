@@ -161,13 +161,17 @@ def test_rlvlmf_reward_model_ranks_pairs_and_iql_picks_the_good_action():
     assert bc_alignment(data) < 0.35  # the data alone does not say which action is good
 
 
+def small_rlvlmf(data, **options):
+    """(method, options, fresh state, device data) of a small rlvlmf (batches of 32 rows, 8 pairs)."""
+    method = get_method("rlvlmf")
+    options = dataclasses.replace(SMALL_RLVLMF, batch_size=32, reward_batch_pairs=8, **options)
+    state = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
+    return method, options, state, method.device_data(state, data)
+
+
 def test_rlvlmf_split_calls_and_checkpoint_resume_equal_one_run_without_recompiling(tmp_path):
     data = synthetic_data(seed=2, num_pairs=120)
-    method = get_method("rlvlmf")
-    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=40, batch_size=32, reward_batch_pairs=8,
-                                  critic_pretrain_steps=30)
-    fresh = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
-    device_data = method.device_data(fresh, data)
+    method, options, fresh, device_data = small_rlvlmf(data, reward_steps=40, critic_pretrain_steps=30)
     key = jax.random.key(3)
     whole, whole_metrics = method.train(fresh, device_data, key, 60, metrics_every=20)
     first, _ = method.train(fresh, device_data, key, 20, metrics_every=20)
@@ -508,11 +512,7 @@ def test_rlvlmf_prepare_stops_between_reward_model_chunks_and_train_equals_prepa
     from plare_jax.interrupts import StopRequested
 
     data = synthetic_data(seed=3, num_pairs=60)
-    method = get_method("rlvlmf")
-    options = dataclasses.replace(SMALL_RLVLMF, reward_steps=2500, reward_batch_pairs=8, batch_size=32,
-                                  critic_pretrain_steps=20)
-    state = method.create(jax.random.key(0), POLICY, data, init=None, options=options)
-    device_data = method.device_data(state, data)
+    method, _, state, device_data = small_rlvlmf(data, reward_steps=2500, critic_pretrain_steps=20)
     key = jax.random.key(5)
     checks = []
 

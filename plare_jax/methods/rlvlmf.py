@@ -144,10 +144,8 @@ class RLVLMFOptions:
                                               batch_pairs=self.reward_batch_pairs)
 
     def iql_config(self) -> iql.IQLConfig:
-        return iql.IQLConfig(lr=self.lr, expectile=self.expectile, inverse_temperature=self.inverse_temperature,
-                             max_weight=self.max_weight, discount=self.discount, tau=self.tau,
-                             batch_size=self.batch_size, schedule_steps=self.schedule_steps,
-                             critic_hidden_dims=self.critic_hidden_dims, value_hidden_dims=self.value_hidden_dims)
+        """IQL's hyperparameters: these options' fields of the same names."""
+        return iql.IQLConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(iql.IQLConfig)})
 
 
 QUICK = RLVLMFOptions()
