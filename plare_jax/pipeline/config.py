@@ -191,8 +191,8 @@ class SharedOptions:
 
 @dataclasses.dataclass(frozen=True)
 class _MetaWorldOptions:
-    """The MetaWorld experiment's own options (data collection, the scripted teacher's noise,
-    evaluation in the simulator, devices and outputs)."""
+    """The MetaWorld experiment's own options (data collection, evaluation in the simulator,
+    devices, multi-host and outputs)."""
 
     env: tuple[str, ...] = ("sweep-into",)
     """MetaWorld v3 task(s), e.g. sweep-into drawer-open door-open plate-slide (any v3 task; the -v3
@@ -288,6 +288,13 @@ class ExperimentConfig(SharedOptions, _MetaWorldOptions):
         return tuple(resolve_task(name) for name in self.env)
 
 
+def _check_seeds(name: str, values) -> None:
+    if any(v < 0 for v in values):
+        raise ConfigError(f"--{name.replace('_', '-')} must be non-negative integers, got {list(values)}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--{name.replace('_', '-')} lists a seed twice: {list(values)}")
+
+
 def validate_updates(config) -> None:
     """The checks on the policy/update, labelling and method options that every experiment shares
     (the MetaWorld one here, the recorded-data one in pipeline/offline.py)."""
@@ -298,6 +305,16 @@ def validate_updates(config) -> None:
                 options.learner_config(LearnerConfig())
             except ValueError as e:
                 raise ConfigError(f"--{name}.* options: {e}") from None
+    if not config.seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    _check_seeds("seeds", config.seeds)
+    if not config.method:
+        raise ConfigError("--method needs at least one method")
+    unknown = [m for m in config.method if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--method: unknown {unknown}; known: {', '.join(METHODS)}")
+    if len(set(config.method)) != len(config.method):
+        raise ConfigError("--method lists a method twice")
     for name in ("num_pairs", "segment_length", "num_keyframes", "batch_pairs", "bc_batch_size",
                  "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
         if getattr(config, name) <= 0:
@@ -347,23 +364,9 @@ def validate(config: ExperimentConfig) -> None:
                           f"(--collection-horizon {config.collection_horizon})")
     if not config.env:
         raise ConfigError("--env needs at least one task")
-    if not config.seeds:
-        raise ConfigError("--seeds needs at least one seed")
     if not config.data_seeds:
         raise ConfigError("--data-seeds needs at least one seed")
-    for name in ("seeds", "data_seeds"):
-        values = getattr(config, name)
-        if any(v < 0 for v in values):
-            raise ConfigError(f"--{name.replace('_', '-')} must be non-negative integers, got {list(values)}")
-        if len(set(values)) != len(values):
-            raise ConfigError(f"--{name.replace('_', '-')} lists a seed twice: {list(values)}")
-    if not config.method:
-        raise ConfigError("--method needs at least one method")
-    unknown = [m for m in config.method if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"--method: unknown {unknown}; known: {', '.join(METHODS)}")
-    if len(set(config.method)) != len(config.method):
-        raise ConfigError("--method lists a method twice")
+    _check_seeds("data_seeds", config.data_seeds)
     for name in ("stretch_prob", "decoy_prob", "misperceive_prob"):
         value = getattr(config, name)
         if value is not None and not 0.0 <= value <= 1.0:

@@ -104,10 +104,6 @@ def validate(config: OfflineConfig) -> None:
     validate_updates(config)
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ConfigError(f"--holdout-fraction must be in [0, 1), got {config.holdout_fraction}")
-    if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
-        raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
-    if not config.method or len(set(config.method)) != len(config.method):
-        raise ConfigError("--method needs at least one method, each once")
     try:
         kwargs = json.loads(config.eval_env_kwargs)
     except json.JSONDecodeError as e:
