@@ -39,9 +39,9 @@ to 0 at `schedule_steps`.
 
 Step budget: like plare and sft, the actor continues the shared behaviour-cloning phase's
 policy, and IQL runs for the second phase's updates (`state.step` continues the BC phase's
-count; `iql_start` marks the switch); the reward model, critics and value network start from
-scratch, and the reward model's steps come on top, run by the first `train` call and reported
-with their wall time. Why from the BC policy, where the reference trains IQL from scratch for
+count; `iql.start` marks the switch); the reward model, critics and value network start from
+scratch, and the reward model's steps come on top, run by `prepare` (or the first `train` call)
+and counted in the report (their wall time is in the run unit's `timings`). Why from the BC policy, where the reference trains IQL from scratch for
 500k steps: at the quick preset's budget, IQL from scratch (6k updates) scored 0.00 on sweep-into
 (development data seed 0, every evaluation), while the same actor trained with the weighting
 switched off (inverse temperature 0) reached 0.20 in 3k updates: the from-scratch actor is
@@ -53,7 +53,8 @@ Layout: the reward model is `plare_jax.reward_model`, IQL is `plare_jax.iql` (ea
 state with a pure update, K scanned updates per call); this module composes them.
 
 Resumability: the reward model is trained, the data relabelled and the critic-only updates run
-entirely inside the first `train` call, so any state that `train` returns (and any checkpoint of
+entirely inside `prepare` (the pipeline calls it, with the stop flag, before the first update;
+the first `train` call does it otherwise), so any state that `prepare` or `train` returns (and any checkpoint of
 it) holds the finished reward model, relabelled rewards (`rewards`) and pretrained critics, and
 continuing it equals an uninterrupted run.
 """
