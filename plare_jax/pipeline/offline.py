@@ -23,8 +23,7 @@ from typing import Literal
 import numpy as np
 
 from plare_jax import plotting, runs
-from plare_jax.data.recorded import RecordedDataset, load_recorded
-from plare_jax.data.recorded import recorded_pair_images as stored_pair_images
+from plare_jax.data.recorded import RecordedDataset, load_recorded, recorded_pair_images
 from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_segment_starts
 from plare_jax.export import Normalizer, export_policy
 from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
@@ -164,11 +163,11 @@ def check_inputs(config: OfflineConfig) -> tuple[RecordedDataset, str, LabelerCh
     return dataset, text, choice
 
 
-def recorded_pair_images(config: OfflineConfig, dataset: RecordedDataset):
+def _pair_images_of(config: OfflineConfig, dataset: RecordedDataset):
     """Recorded data's pair images: keyframes taken from the stored frames of --camera (the
     MetaWorld path's keyframes, tiling and prompt)."""
-    return lambda pairs: stored_pair_images(dataset, pairs, camera=config.camera,
-                                           num_keyframes=config.num_keyframes, progress=True)
+    return lambda pairs: recorded_pair_images(dataset, pairs, camera=config.camera,
+                                              num_keyframes=config.num_keyframes, progress=True)
 
 
 def label_statistics(preferences: np.ndarray, stats: dict) -> dict:
@@ -202,7 +201,7 @@ def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, cho
     pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
                                  rng=np.random.default_rng(config.data_seed))
     preferences, stats = label_pairs(config, choice, text, dataset, pairs, base_url, config.cache_dir / "labels.sqlite",
-                                     data_seed=config.data_seed, pair_images=recorded_pair_images(config, dataset),
+                                     data_seed=config.data_seed, pair_images=_pair_images_of(config, dataset),
                                      should_stop=should_stop)
     timings["labels_s"] = time.perf_counter() - t0
     if dataset.rewards is not None:
