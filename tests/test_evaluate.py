@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from plare_jax.envs.evaluate import _write_video, evaluate_policy, scripted_expert_policy
+from plare_jax.envs.evaluate import _write_video, evaluate_policies, evaluate_policy, scripted_expert_policy
 from plare_jax.interrupts import StopFlag, StopRequested
 
 
@@ -36,6 +36,25 @@ def test_same_seed_same_episodes_for_any_worker_count():
     b = evaluate_policy("door-open", policy, num_episodes=3, horizon=30, seed=5, workers=2, progress=False)
     np.testing.assert_array_equal(a.episode_returns, b.episode_returns)
     assert len(set(a.episode_returns.round(6))) == 3  # distinct layouts per episode
+
+
+@pytest.mark.slow
+def test_several_policies_in_one_pass_equal_their_own_evaluations(tmp_path):
+    expert = scripted_expert_policy("door-open")
+    weak = lambda obs: 0.3 * expert(obs)  # noqa: E731
+    seeds = [5, 9]
+    together = evaluate_policies("door-open", [expert, weak], seeds=seeds, num_episodes=3, horizon=40,
+                                 workers=2, progress=False, video_path=tmp_path / "first.gif", video_episodes=1)
+    alone = [evaluate_policy("door-open", policy, num_episodes=3, horizon=40, seed=seed, workers=1, progress=False)
+             for policy, seed in zip([expert, weak], seeds)]
+    for a, b in zip(together, alone):
+        np.testing.assert_array_equal(a.episode_returns, b.episode_returns)
+        np.testing.assert_array_equal(a.episode_successes, b.episode_successes)
+        assert a.mean_return == b.mean_return and a.success_rate == b.success_rate
+    assert not np.array_equal(together[0].episode_returns, together[1].episode_returns)
+    assert (tmp_path / "first.gif").stat().st_size > 1000  # the first policy's episode
+    with pytest.raises(ValueError, match="one seed per policy"):
+        evaluate_policies("door-open", [expert], seeds=[1, 2])
 
 
 def test_bad_policy_output_and_arguments():

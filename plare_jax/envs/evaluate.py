@@ -4,7 +4,8 @@ Each step the caller's policy is called once on all running episodes' observatio
 (so a jitted JAX policy stays in this process, and no JAX is imported in the workers), and
 the actions are sent over pipes to "spawn"ed worker processes that each step a few envs.
 Episode e's layout comes from `numpy.random.default_rng([seed, EVAL_STREAM, e])`: the same
-seed gives the same layouts for any worker count.
+seed gives the same layouts for any worker count. `evaluate_policies` runs several policies
+(each on its own seed's layouts) in one pass over the same workers.
 
 Stopping: `should_stop` is checked before every step and between video frames; when it
 returns true the workers are closed and `StopRequested` is raised. The workers ignore
@@ -19,7 +20,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +52,18 @@ class EvalResult:
     episode_returns: np.ndarray
 
 
-def _worker(conn, task: str, seed: int, episodes: list[int], video_episodes: int) -> None:
-    """Steps the envs of `episodes` on command: ("step", actions [n, 4]) or ("close",)."""
+def _worker(conn, task: str, layouts: list[tuple[int, int]], video: list[bool]) -> None:
+    """Steps the envs of `layouts` ((seed, episode) each) on command: ("step", actions [n, 4]) or ("close",)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (close, then terminate)
-    envs = [TaskEnv(task) for _ in episodes]
+    envs = [TaskEnv(task) for _ in layouts]
     renderers = {}
-    if any(e < video_episodes for e in episodes):
+    if any(video):
         from plare_jax.envs.render import RenderConfig, SceneRenderer
 
         view = RenderConfig(width=VIDEO_SIZE, height=VIDEO_SIZE, captions=False)
-        renderers = {i: SceneRenderer(envs[i], view) for i, e in enumerate(episodes) if e < video_episodes}
+        renderers = {i: SceneRenderer(envs[i], view) for i, recorded in enumerate(video) if recorded}
     obs = []
-    for env, e in zip(envs, episodes):
+    for env, (seed, e) in zip(envs, layouts):
         obs.append(env.reset(env.sample_layout(np.random.default_rng([seed, EVAL_STREAM, e]))))
     frames = {i: r.render_current() for i, r in renderers.items()}
     conn.send((np.stack(obs), frames))
@@ -117,7 +118,45 @@ def evaluate_policy(
     Raises:
         StopRequested: `should_stop()` became true (no video is written then).
     """
+    (result,) = evaluate_policies(task, [policy_fn], seeds=[seed], num_episodes=num_episodes, horizon=horizon,
+                                  workers=workers, video_path=video_path, video_episodes=video_episodes,
+                                  progress=progress, should_stop=should_stop)
+    return result
+
+
+def evaluate_policies(
+    task: str,
+    policy_fns: Sequence[Callable[[np.ndarray], np.ndarray]],
+    *,
+    seeds: Sequence[int],
+    num_episodes: int = 25,
+    horizon: int = 250,
+    workers: int | None = None,
+    video_path: str | os.PathLike | None = None,
+    video_episodes: int = 2,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[EvalResult]:
+    """`evaluate_policy` of several policies in one pass over the workers (e.g. every training
+    seed's, under --batch-seeds): policy i runs `num_episodes` episodes on the layouts of
+    `seeds[i]`, all episodes of all policies side by side, so each result equals
+    `evaluate_policy(task, policy_fns[i], seed=seeds[i], ...)`.
+
+    Args:
+        policy_fns: one per evaluated policy, each called once per step on its own episodes'
+            observations [num_episodes, 39].
+        seeds: the layouts' seed of each policy (as `evaluate_policy`'s `seed`).
+        video_path: a video of policy 0's first `video_episodes` episodes.
+        The other arguments are `evaluate_policy`'s.
+
+    Returns:
+        One EvalResult per policy, in order.
+    """
     task_id = resolve_task(task)
+    policy_fns, seeds = list(policy_fns), [int(s) for s in seeds]
+    if not policy_fns or len(seeds) != len(policy_fns):
+        raise ValueError(f"need one seed per policy and at least one policy, got {len(policy_fns)} policies "
+                         f"and {len(seeds)} seeds")
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     if not 1 <= horizon <= MAX_EPISODE_STEPS:
@@ -125,14 +164,18 @@ def evaluate_policy(
     if video_path is not None and Path(video_path).suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"video_path must end in .mp4 or .gif, got {video_path}")
     n_video = min(video_episodes, num_episodes) if video_path is not None else 0
-    workers = max(1, min(workers or os.cpu_count() or 1, num_episodes))
-    groups = [list(g) for g in np.array_split(np.arange(num_episodes), workers)]
+    # Policy-major: episode e of policy i is row i * num_episodes + e.
+    layouts = [(seed, e) for seed in seeds for e in range(num_episodes)]
+    total = len(layouts)
+    workers = max(1, min(workers or os.cpu_count() or 1, total))
+    groups = [list(g) for g in np.array_split(np.arange(total), workers)]
     ctx = multiprocessing.get_context("spawn")
     conns, procs = [], []
     try:
         for group in groups:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, task_id, seed, group, n_video), daemon=True)
+            proc = ctx.Process(target=_worker, daemon=True,
+                               args=(child, task_id, [layouts[r] for r in group], [r < n_video for r in group]))
             proc.start()
             child.close()
             conns.append(parent)
@@ -147,14 +190,18 @@ def evaluate_policy(
         obs = np.concatenate([o for o, _ in first])
         for group, (_, frames) in zip(groups, first):
             collect_frames(group, frames)
-        returns = np.zeros(num_episodes)
-        successes = np.zeros(num_episodes, dtype=bool)
+        returns = np.zeros(total)
+        successes = np.zeros(total, dtype=bool)
         for _ in tqdm(range(horizon), desc=f"evaluate {task_id}", unit="step", disable=not progress):
             raise_if_stopped(should_stop)
-            actions = np.asarray(policy_fn(obs.astype(np.float32)), dtype=np.float32)
-            if actions.shape != (num_episodes, 4):
-                raise ValueError(f"policy_fn must return actions [{num_episodes}, 4], got {actions.shape}")
-            actions = np.clip(actions, -1.0, 1.0)
+            per_policy = obs.astype(np.float32).reshape(len(policy_fns), num_episodes, -1)
+            actions = []
+            for policy_fn, policy_obs in zip(policy_fns, per_policy):
+                policy_actions = np.asarray(policy_fn(policy_obs), dtype=np.float32)
+                if policy_actions.shape != (num_episodes, 4):
+                    raise ValueError(f"policy_fn must return actions [{num_episodes}, 4], got {policy_actions.shape}")
+                actions.append(policy_actions)
+            actions = np.clip(np.concatenate(actions), -1.0, 1.0)
             for conn, group in zip(conns, groups):
                 conn.send(("step", actions[group]))
             replies = [_recv(c, p) for c, p in zip(conns, procs)]
@@ -175,12 +222,12 @@ def evaluate_policy(
                 proc.terminate()
     if video_path is not None:
         _write_video(Path(video_path), [f for e in range(n_video) for f in videos[e]], should_stop)
-    return EvalResult(
-        success_rate=float(successes.mean()),
-        mean_return=float(returns.mean()),
-        episode_successes=successes,
-        episode_returns=returns,
-    )
+    out = []
+    for i in range(len(policy_fns)):
+        rows = slice(i * num_episodes, (i + 1) * num_episodes)
+        out.append(EvalResult(success_rate=float(successes[rows].mean()), mean_return=float(returns[rows].mean()),
+                              episode_successes=successes[rows], episode_returns=returns[rows]))
+    return out
 
 
 def _recv(conn, proc):
