@@ -146,6 +146,10 @@ class Method(Protocol):
     built from the registry), or None for a method without options."""
     options_help: str
     """One line for the options group in --help ("" without options)."""
+    batch_limitation: str
+    """Why --batch-seeds cannot stack this method's seeds, "" when it can: its `prepare` and
+    `train` read no array value on the host, so the pipeline can vmap them over a stacked state
+    (`pipeline.train.SeedGroup`)."""
 
     def options_for_run(self, options: Any, *, total_steps: int) -> Any:
         """`options` adjusted to a run's update budget (e.g. a schedule spanning `total_steps`);

@@ -25,6 +25,7 @@ class BC:
     oracle: bool = False
     default_options: None = None  # no options of its own
     options_help: str = ""
+    batch_limitation: str = ""  # prepare and train trace under vmap
 
     def options_for_run(self, options: None, *, total_steps: int) -> None:
         return options

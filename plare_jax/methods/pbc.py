@@ -75,6 +75,7 @@ class PBC:
     oracle: bool = True
     default_options: PBCOptions = PBCOptions()
     options_help: str = "Percentile BC (oracle reference; needs the simulator's or stored rewards)."
+    batch_limitation: str = ""  # prepare and train trace under vmap
 
     def options_for_run(self, options: PBCOptions, *, total_steps: int) -> PBCOptions:
         return options

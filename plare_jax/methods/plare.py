@@ -162,6 +162,7 @@ class PLARE:
     oracle: bool = False
     default_options: CPLOptions = CPLOptions()
     options_help: str = "PLARE's CPL-phase options (all off: the paper's CPL)."
+    batch_limitation: str = ""  # prepare and train trace under vmap
 
     @property
     def options_type(self) -> type:

@@ -275,6 +275,8 @@ class RLVLMF:
     default_options: RLVLMFOptions = QUICK
     options_help: str = ("The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and "
                          "--dropout-rate, and its schedule spans the run's --bc-steps + --cpl-steps IQL updates.")
+    batch_limitation: str = ("trains its reward model and pretrains its critics in host loops that read "
+                             "their step counts (prepare), which do not trace under vmap")
 
     def options_for_run(self, options: RLVLMFOptions, *, total_steps: int) -> RLVLMFOptions:
         """The learning-rate schedule spans the run's whole budget (--bc-steps + --cpl-steps)."""

@@ -171,6 +171,14 @@ class SharedOptions:
     """CPL update steps (phase 2); bc and sft run as many second-phase steps."""
     metrics_every: int = 100
     """Training metrics are averaged and fetched from the device every this many steps."""
+    batch_seeds: bool = False
+    """Train all --seeds of a (task, data seed) as one program: the shared BC phase and each method
+    vmapped over stacked per-seed states (each seed with its own keys, so it computes what its
+    one-at-a-time run would, up to float rounding), and every seed's evaluation in one pass over
+    the workers. Checkpoints, resume and results stay per seed. Pays off on an accelerator (one
+    small MLP uses a sliver of it); on a 2-core CPU it gains little (docs/performance.md). Not for
+    rlvlmf (host loops before IQL) or with a data mesh of several devices; it says how a run is
+    executed, not what it computes: --resume RUN --batch-seeds may change it."""
     eval_every: int = 1000
     """Evaluate every this many update steps (and at the end of each phase): success in MetaWorld;
     on recorded data, held-out preference accuracy (and success in --eval-env if given)."""
@@ -330,6 +338,14 @@ def validate_updates(config) -> None:
                           f"--metrics-every ({config.metrics_every})")
     if config.num_keyframes > config.segment_length:
         raise ConfigError("--num-keyframes cannot exceed --segment-length")
+    if config.batch_seeds:
+        unbatchable = [m for m in config.method if get_method(m).batch_limitation]
+        if unbatchable:
+            raise ConfigError(
+                f"--batch-seeds cannot batch {', '.join(unbatchable)}: "
+                + "; ".join(f"{m} {get_method(m).batch_limitation}" for m in unbatchable)
+                + f". Run it in its own command without --batch-seeds (e.g. --method {' '.join(unbatchable)}), "
+                "and batch the others")
     if not 0.0 < config.bias <= 1.0:
         raise ConfigError("--bias must be in (0, 1]")
     if not 0.0 <= config.max_unlabeled_fraction <= 1.0:

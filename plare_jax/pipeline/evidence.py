@@ -24,7 +24,8 @@ VERSION = 1
 # in these belong in one table. The noise model and agreement are the point's own (its name).
 _NOT_PROTOCOL = ("env", "method", "seeds", "data_seeds", "video", "track", "workers", "devices", "distributed",
                  "coordinator_address", "num_processes", "process_id", "out_dir", "run_name", "resume",
-                 "cache_dir", "recollect", "teacher_noise", "teacher_noise_level", "teacher_agreement", "vlm")
+                 "cache_dir", "recollect", "teacher_noise", "teacher_noise_level", "teacher_agreement", "vlm",
+                 "batch_seeds")
 
 
 class EvidenceError(PlareError, ValueError):

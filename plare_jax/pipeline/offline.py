@@ -36,7 +36,7 @@ from plare_jax.pipeline.config import ConfigError, SharedOptions, validate_updat
 from plare_jax.pipeline.data import TaskData, training_data
 from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, label_pairs, teacher_scores
 from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
-from plare_jax.pipeline.train import method_evals, restore_final_state, train_seed
+from plare_jax.pipeline.train import method_evals, restore_final_state, train_seeds
 
 # Methods that read simulator ground truth cannot run on data without it.
 _NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
@@ -398,12 +398,16 @@ def _train_and_export(config: OfflineConfig, prepared: PreparedData, dataset: Re
     per_seed, curves = {}, {"held-out preference accuracy": {m: [] for m in config.method}}
     if config.eval_env is not None:
         curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
+    groups = [config.seeds] if config.batch_seeds else [(seed,) for seed in config.seeds]
+    for seeds in groups:  # --batch-seeds: all seeds as one group; else one at a time
+        t0 = time.perf_counter()
+        trained = train_seeds(config, prepared.task, seeds, [run_dir / f"seed{seed}" for seed in seeds],
+                              evaluate_fns=[make_evaluator(config, prepared, seed) for seed in seeds],
+                              should_stop=stop, batched=config.batch_seeds)
+        for seed, result in zip(seeds, trained):
+            per_seed[seed] = {**result, "train_s": time.perf_counter() - t0}
     for seed in config.seeds:
         unit = run_dir / f"seed{seed}"
-        t0 = time.perf_counter()
-        per_seed[seed] = train_seed(config, prepared.task, seed, unit,
-                                    evaluate_fn=make_evaluator(config, prepared, seed), should_stop=stop)
-        per_seed[seed]["train_s"] = time.perf_counter() - t0
         records = runs.MetricsLog(unit / "metrics.jsonl").read()
         for method_name in config.method:
             evals = method_evals(records, get_method(method_name))

@@ -16,7 +16,7 @@ from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_serve
 from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.methods import get_method
 from plare_jax.methods.plare import PLARE
-from plare_jax.pipeline.train import train_seed
+from plare_jax.pipeline.train import train_seeds
 
 RESUME_COMMAND = "python experiments/metaworld.py --resume {run_dir}"
 
@@ -33,9 +33,11 @@ def load_resumed_config(run_dir: pathlib.Path) -> ExperimentConfig:
 
 # Options that say where a run lives or how it is executed, not what it computes.
 _LOCATION_FIELDS = ("out_dir", "run_name", "resume", "cache_dir", "workers", "track", "devices",
-                    "distributed", "coordinator_address", "num_processes", "process_id")
-# How this process takes part (devices, jax.distributed): always the command line's, on --resume too.
-_EXECUTION_FIELDS = ("devices", "distributed", "coordinator_address", "num_processes", "process_id")
+                    "distributed", "coordinator_address", "num_processes", "process_id", "batch_seeds")
+# How this process takes part (devices, jax.distributed, seeds batched or not): always the command
+# line's, on --resume too.
+_EXECUTION_FIELDS = ("devices", "distributed", "coordinator_address", "num_processes", "process_id",
+                     "batch_seeds")
 
 
 def _check_distributed(config: ExperimentConfig) -> None:
@@ -73,6 +75,13 @@ def training_mesh(config: ExperimentConfig) -> jax.sharding.Mesh | None:
     --devices exceeds the local devices, or when a batch size does not split over the mesh.
     """
     _check_distributed(config)
+    if config.batch_seeds:
+        # Stacked seeds train as one vmapped program on one device (the seed axis is the batch).
+        if (config.devices or 1) > 1 or jax.process_count() > 1:
+            raise ConfigError(f"--batch-seeds trains the stacked seeds on one device, not a data mesh "
+                              f"(--devices {config.devices}, {jax.process_count()} processes): leave out "
+                              "--devices (or pass --devices 1), or leave out --batch-seeds")
+        return None
     try:
         mesh = sharding.experiment_mesh(config.devices)
     except ValueError as e:
@@ -196,13 +205,16 @@ def _run(config: ExperimentConfig, stop) -> dict:
         for task in tasks:
             seed_results[task] = {}
             for data_seed in config.data_seeds:
-                for seed in config.seeds:
-                    first_run = (data_seed, seed) == (config.data_seeds[0], config.seeds[0])
+                # --batch-seeds: every seed of this data seed as one group; else one seed at a time.
+                groups = [config.seeds] if config.batch_seeds else [(seed,) for seed in config.seeds]
+                for seeds in groups:
+                    first_run = (data_seed, seeds[0]) == (config.data_seeds[0], config.seeds[0])
                     guard.training_started = True
-                    seed_results[task][data_seed, seed] = train_seed(
-                        config, datas[task, data_seed], seed, unit_dir(run_dir, task, data_seed, seed),
+                    seed_results[task].update(zip(((data_seed, s) for s in seeds), train_seeds(
+                        config, datas[task, data_seed], seeds, [unit_dir(run_dir, task, data_seed, s) for s in seeds],
                         video_dir=run_dir / task if first_run and config.video and primary else None,
-                        should_stop=stop, tracker=tracker.unit(task, data_seed, seed), mesh=mesh)
+                        should_stop=stop, trackers=[tracker.unit(task, data_seed, s) for s in seeds], mesh=mesh,
+                        batched=config.batch_seeds)))
                     results = summarize(config, choice.kind, choice.reason, task_summaries,
                                         seed_results)
                     runs.write_json_atomic(run_dir / "results.json", results)
