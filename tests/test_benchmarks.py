@@ -299,3 +299,27 @@ def test_gpu_check_tiny_writes_one_json_with_training_seeds_and_projection(tmp_p
     assert projection["from_training_benchmark"]["wall_hours_one_seed"] == pytest.approx(
         500_000 / jax_rows[0]["steps_per_s"] / 3600)
     assert "seed-steps/s" in proc.stdout and "paper preset, 64 seed(s) batched" in proc.stdout
+
+
+@pytest.mark.slow
+def test_runs_per_hour_tiny_times_both_modes_on_the_same_runs(tmp_path):
+    out = tmp_path / "runs_per_hour.json"
+    proc = run_script("runs_per_hour.py", "--tiny", "--seeds-list", "2", "--out", str(out),
+                      "--work-dir", str(tmp_path / "work"))
+    payload = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in payload["rows"]}
+    assert set(rows) == {"sequential", "batched"}
+    for row in rows.values():
+        assert row["seeds"] == 2 and row["wall_s"] > 0
+        assert row["runs_per_hour"] == pytest.approx(2 * 3600 / row["wall_s"])
+        assert set(row["final_success"]) == {"plare", "sft", "bc"}
+        assert all(len(v) == 2 for v in row["final_success"].values())
+    assert rows["batched"]["batched_vs_sequential"] == pytest.approx(
+        rows["batched"]["runs_per_hour"] / rows["sequential"]["runs_per_hour"])
+    # both modes trained every seed into its own unit, and the batched ones together
+    for seed in (0, 1):
+        unit = json.loads((tmp_path / "work" / "batched-2" / f"seed{seed}" / "result.json").read_text())
+        assert unit["trained_with_seeds"] == [0, 1]
+        assert "trained_with_seeds" not in json.loads(
+            (tmp_path / "work" / "sequential-2" / f"seed{seed}" / "result.json").read_text())
+    assert "| batched | 2 |" in proc.stdout
