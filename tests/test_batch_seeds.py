@@ -4,6 +4,7 @@ own checkpoints, metrics log and result; resuming works from per-seed checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -12,17 +13,24 @@ import pytest
 
 from plare_jax import checkpoint as ckpt
 from plare_jax.interrupts import StopRequested
-from plare_jax.methods import get_method
+from plare_jax.methods import Method, get_method, registered, rlvlmf
+from plare_jax.methods.bc import BC
 from plare_jax.pipeline import train as train_stage
-from plare_jax.pipeline.config import ConfigError, validate
+from plare_jax.pipeline.config import ConfigError, MethodOptions, validate
 from plare_jax.pipeline.run import training_mesh
 from plare_jax.pipeline.train import checkpoint_dir, restore_final_state, train_seed, train_seeds
 
 from test_data_parallel import mean_action_evaluator, tiny_config, tiny_task_data
 
 SEEDS = (0, 1, 2)
-# Every method the batched path supports, the selecting plare-robust and the from-scratch pbc included.
-METHODS = ("plare", "plare-robust", "sft", "bc", "pbc")
+# Every method, the selecting plare-robust, the from-scratch pbc and rlvlmf (reward model and
+# critic pretraining in its prepare's host loop, then IQL) included.
+METHODS = ("plare", "plare-robust", "rlvlmf", "sft", "bc", "pbc")
+# rlvlmf's reward model and critic-only updates in chunks of 1000 (two of each: a group's loop
+# runs them chunk by chunk for all seeds).
+RLVLMF = dataclasses.replace(rlvlmf.QUICK, reward_steps=1200, critic_pretrain_steps=1100, batch_size=32,
+                             reward_batch_pairs=4, reward_hidden_dims=(16,), critic_hidden_dims=(16,),
+                             value_hidden_dims=(16,))
 
 
 def policy_leaves(config, data, method, seed, unit) -> list[np.ndarray]:
@@ -50,7 +58,7 @@ def assert_same_runs(config, data, units_a, units_b, *, exact: bool):
 
 def test_batched_seeds_equal_their_one_at_a_time_runs_and_train_as_one_program(tmp_path, monkeypatch):
     data = tiny_task_data()
-    config = tiny_config(method=METHODS, seeds=SEEDS)
+    config = tiny_config(method=METHODS, seeds=SEEDS, methods=dataclasses.replace(MethodOptions(), rlvlmf=RLVLMF))
     sequential = [tmp_path / "seq" / f"seed{s}" for s in SEEDS]
     for seed, unit in zip(SEEDS, sequential):
         train_seed(config, data, seed, unit, evaluate_fn=mean_action_evaluator)
@@ -73,6 +81,10 @@ def test_batched_seeds_equal_their_one_at_a_time_runs_and_train_as_one_program(t
         steps = config.total_steps if name == "pbc" else config.cpl_steps
         expected += [(name, 3, 3)] * (steps // config.metrics_every)
     assert calls == expected
+    # rlvlmf's prepare ran once for the group: each seed's reward model and critics fully trained
+    for result in results:
+        report = result["methods"]["rlvlmf"]
+        assert report["reward_model_steps"] == 1200 and report["critic_pretrain_steps"] == 1100
     assert [r["seed"] for r in results] == list(SEEDS)
     assert all(r["trained_with_seeds"] == list(SEEDS) for r in results)
     for seed, unit, result in zip(SEEDS, batched, results):
@@ -127,10 +139,14 @@ def test_seeds_at_different_checkpoints_restart_from_the_step_they_share(tmp_pat
     assert_same_runs(config, data, whole, killed, exact=True)
 
 
-def test_batch_seeds_refuses_rlvlmf_and_a_data_mesh_before_any_work():
-    with pytest.raises(ConfigError, match=r"--batch-seeds cannot batch rlvlmf: rlvlmf trains its reward model"):
-        validate(tiny_config(method=("plare", "rlvlmf"), batch_seeds=True))
-    validate(tiny_config(method=METHODS, batch_seeds=True))  # the rest batch
+def test_batch_seeds_refuses_a_method_that_cannot_batch_and_a_data_mesh_before_any_work():
+    validate(tiny_config(method=METHODS, batch_seeds=True))  # every built-in method batches
+    assert all(not get_method(name).batch_limitation for name in METHODS)
+    host_bound: Method = dataclasses.replace(BC(), name="host-bound", batch_limitation="reads its loss on the host")
+    with registered({"host-bound": host_bound}):
+        with pytest.raises(ConfigError, match=r"--batch-seeds cannot batch host-bound: host-bound reads its loss"):
+            validate(tiny_config(method=("plare", "host-bound"), batch_seeds=True))
+        validate(tiny_config(method=("plare", "host-bound")))  # one seed at a time: fine
     with pytest.raises(ConfigError, match="--batch-seeds trains the stacked seeds on one device"):
         training_mesh(tiny_config(batch_seeds=True, devices=2))
     assert training_mesh(tiny_config(batch_seeds=True)) is None  # --devices left out: one device

@@ -154,6 +154,7 @@ def test_scripted_pipeline_end_to_end_and_never_overwrites(tmp_path):
 @pytest.mark.slow
 def test_batch_seeds_runs_every_seed_as_one_group_with_per_seed_results(tmp_path):
     args = [*TINY, "--labeler", "scripted", "--seeds", "0", "1", "--batch-seeds", "--method", "plare", "bc", "pbc",
+            "rlvlmf", "--rlvlmf.reward-steps", "50", "--rlvlmf.critic-pretrain-steps", "50", "--rlvlmf.batch-size", "32",
             "--run-name", "b", "--out-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -161,15 +162,15 @@ def test_batch_seeds_runs_every_seed_as_one_group_with_per_seed_results(tmp_path
     task = json.loads((run_dir / "results.json").read_text())["tasks"]["reach-v3"]
     for seed in (0, 1):
         unit = json.loads((run_dir / "reach-v3" / "data0" / f"seed{seed}" / "result.json").read_text())
-        assert unit["trained_with_seeds"] == [0, 1] and set(unit["methods"]) == {"plare", "bc", "pbc"}
+        assert unit["trained_with_seeds"] == [0, 1] and set(unit["methods"]) == {"plare", "bc", "pbc", "rlvlmf"}
     for method in task["methods"].values():
         assert method["success"]["num_runs"] == 2
     assert (run_dir / "reach-v3" / "plare_final.mp4").stat().st_size > 0  # the first seed's video
     assert "seed 0+1 plare" in proc.stderr  # one progress bar for the group
 
-    refused = run_cli([*args[:-6], "--method", "rlvlmf", "--run-name", "r", "--out-dir", str(tmp_path / "runs")],
+    refused = run_cli([*args[:-6], "--devices", "2", "--run-name", "r", "--out-dir", str(tmp_path / "runs")],
                       tmp_path)
-    assert refused.returncode == 2 and "--batch-seeds cannot batch rlvlmf" in refused.stderr
+    assert refused.returncode == 2 and "--batch-seeds trains the stacked seeds on one device" in refused.stderr
     assert not (tmp_path / "runs" / "r").exists()
 
 

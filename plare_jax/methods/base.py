@@ -147,9 +147,9 @@ class Method(Protocol):
     options_help: str
     """One line for the options group in --help ("" without options)."""
     batch_limitation: str
-    """Why --batch-seeds cannot stack this method's seeds, "" when it can: its `prepare` and
-    `train` read no array value on the host, so the pipeline can vmap them over a stacked state
-    (`pipeline.train.SeedGroup`)."""
+    """Why --batch-seeds cannot stack this method's seeds, "" when it can: its `train` reads no
+    array value on the host, so the pipeline can vmap it over a stacked state, and its `prepare`
+    takes a stacked state (`pipeline.train.SeedGroup`). Every built-in method can."""
 
     def options_for_run(self, options: Any, *, total_steps: int) -> Any:
         """`options` adjusted to a run's update budget (e.g. a schedule spanning `total_steps`);
@@ -170,7 +170,8 @@ class Method(Protocol):
         """The work a method does once before its first update (e.g. rlvlmf's reward model),
         in chunks with `should_stop` checked between them (raising `interrupts.StopRequested`);
         `key` is the first update call's. Most methods return `state` unchanged; `train` does
-        the same work itself if it was not done."""
+        the same work itself if it was not done. Under --batch-seeds `state` is a group's stacked
+        state (a leading seed axis on every array leaf) and `key` one key per seed, `[S]`."""
         ...
 
     def train(self, state: Any, device_data: Any, key: jax.Array, num_steps: int, *,

@@ -62,6 +62,7 @@ continuing it equals an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -196,12 +197,28 @@ class RLVLMFState(flax.struct.PyTreeNode):
         return self.iql.step
 
     @property
+    def stacked(self) -> bool:
+        """A --batch-seeds group's state: every array leaf with a leading seed axis."""
+        return jnp.ndim(self.reward.step) == 1
+
+    @property
     def reward_trained(self) -> bool:
-        return int(self.reward.step) >= self.config.reward_steps
+        return _steps_done(self.reward.step) >= self.config.reward_steps
 
     @property
     def critics_pretrained(self) -> bool:
-        return int(self.iql.pretrain_step) >= self.config.critic_pretrain_steps
+        return _steps_done(self.iql.pretrain_step) >= self.config.critic_pretrain_steps
+
+
+def _steps_done(steps: jax.Array) -> int:
+    """Updates done so far; of a stacked state, the fewest of its seeds (a group trains in step)."""
+    return int(np.min(np.asarray(steps)))
+
+
+def _per_seed(fn, stacked: bool, in_axes=0):
+    """`fn` itself, or vmapped over the seed axis of a stacked state (`in_axes`: which arguments
+    carry it)."""
+    return jax.vmap(fn, in_axes=in_axes) if stacked else fn
 
 
 def _eligible_for_accuracy(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -231,37 +248,48 @@ def _train_reward_model(state: RLVLMFState, data: RLVLMFData, key: jax.Array, me
                         should_stop=None) -> RLVLMFState:
     """Runs the remaining reward-model updates in chunks (a progress bar; `should_stop` checked
     between chunks), then relabels."""
-    remaining = state.config.reward_steps - int(state.reward.step)
-    reward_key = _reward_key(key)
+    stacked = state.stacked
+    remaining = state.config.reward_steps - _steps_done(state.reward.step)
+    reward_key = _per_seed(_reward_key, stacked)(key)
     loss = state.reward_loss
+
+    def train_chunk(reward, key, chunk):
+        return reward_model.train(reward, data.reward_pairs, key, num_steps=chunk, metrics_every=chunk, mesh=mesh)
+
     with tqdm(total=remaining, desc="rlvlmf reward model", unit="step", leave=False) as bar:
         while remaining > 0:
             chunk = min(_CHUNK_STEPS, remaining)
-            reward, metrics = reward_model.train(state.reward, data.reward_pairs, reward_key, num_steps=chunk,
-                                                 metrics_every=chunk, mesh=mesh)
-            state, loss = state.replace(reward=reward), metrics["loss"][0]
+            reward, metrics = _per_seed(functools.partial(train_chunk, chunk=chunk), stacked)(state.reward, reward_key)
+            state, loss = state.replace(reward=reward), metrics["loss"][..., 0]
             remaining -= chunk
             bar.update(chunk)
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(metrics['accuracy'][0]):.2f}")
+            bar.set_postfix(loss=f"{float(jnp.mean(loss)):.3f}", acc=f"{float(jnp.mean(metrics['accuracy'][..., 0])):.2f}")
             raise_if_stopped(should_stop)
-    return _relabel(state, data).replace(reward_loss=loss)
+    return _per_seed(_relabel, stacked, in_axes=(0, None))(state, data).replace(reward_loss=loss)
 
 
 def _pretrain_critics(state: RLVLMFState, data: RLVLMFData, key: jax.Array, mesh,
                       should_stop=None) -> RLVLMFState:
     """Runs the remaining critic-only updates in chunks (a progress bar; `should_stop` checked
     between chunks)."""
-    remaining = state.config.critic_pretrain_steps - int(state.iql.pretrain_step)
-    transitions, iql_key = data.transitions(state.rewards), _iql_key(key, train_actor=False)
+    stacked = state.stacked
+    remaining = state.config.critic_pretrain_steps - _steps_done(state.iql.pretrain_step)
+    iql_key = _per_seed(functools.partial(_iql_key, train_actor=False), stacked)(key)
+
+    def train_chunk(critics, rewards, key, chunk):
+        return iql.train(critics, data.transitions(rewards), key, num_steps=chunk, metrics_every=chunk, mesh=mesh,
+                         train_actor=False)
+
     with tqdm(total=remaining, desc="rlvlmf critics", unit="step", leave=False) as bar:
         while remaining > 0:
             chunk = min(_CHUNK_STEPS, remaining)
-            critics, metrics = iql.train(state.iql, transitions, iql_key, num_steps=chunk, metrics_every=chunk,
-                                         mesh=mesh, train_actor=False)
+            critics, metrics = _per_seed(functools.partial(train_chunk, chunk=chunk), stacked)(
+                state.iql, state.rewards, iql_key)
             state = state.replace(iql=critics)
             remaining -= chunk
             bar.update(chunk)
-            bar.set_postfix(q=f"{float(metrics['q_mean'][-1]):.2f}", critic=f"{float(metrics['critic_loss'][-1]):.3f}")
+            bar.set_postfix(q=f"{float(jnp.mean(metrics['q_mean'][..., -1])):.2f}",
+                            critic=f"{float(jnp.mean(metrics['critic_loss'][..., -1])):.3f}")
             raise_if_stopped(should_stop)
     return state
 
@@ -275,8 +303,7 @@ class RLVLMF:
     default_options: RLVLMFOptions = QUICK
     options_help: str = ("The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and "
                          "--dropout-rate, and its schedule spans the run's --bc-steps + --cpl-steps IQL updates.")
-    batch_limitation: str = ("trains its reward model and pretrains its critics in host loops that read "
-                             "their step counts (prepare), which do not trace under vmap")
+    batch_limitation: str = ""  # prepare takes a stacked group's state; train traces under vmap
 
     def options_for_run(self, options: RLVLMFOptions, *, total_steps: int) -> RLVLMFOptions:
         """The learning-rate schedule spans the run's whole budget (--bc-steps + --cpl-steps)."""
@@ -336,7 +363,9 @@ class RLVLMF:
     def prepare(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, *,
                 mesh: jax.sharding.Mesh | None = None, should_stop=None) -> RLVLMFState:
         """Trains the reward model, relabels and runs the critic-only updates, unless done
-        (`key`: the first IQL call's); `should_stop` is checked between chunks of 1000 updates."""
+        (`key`: the first IQL call's); `should_stop` is checked between chunks of 1000 updates.
+        A stacked state (--batch-seeds) with one key per seed trains every seed's reward model and
+        critics in the same chunks, vmapped."""
         check_divisible(state.config.batch_size, mesh, "rlvlmf batch_size")
         check_divisible(state.config.reward_batch_pairs, mesh, "rlvlmf reward_batch_pairs")
         if state.reward_trained and state.critics_pretrained:
@@ -350,10 +379,12 @@ class RLVLMF:
 
     def train(self, state: RLVLMFState, device_data: RLVLMFData, key: jax.Array, num_steps: int, *,
               metrics_every: int, mesh: jax.sharding.Mesh | None = None):
-        """`num_steps` IQL updates; the first call first does `prepare`'s work if it was not done."""
+        """`num_steps` IQL updates; the first call first does `prepare`'s work if it was not done
+        (except under a trace: --batch-seeds vmaps this method, after running `prepare` on the group)."""
         if metrics_every <= 0 or num_steps <= 0 or num_steps % metrics_every:
             raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of metrics_every ({metrics_every})")
-        state = self.prepare(state, device_data, key, mesh=mesh)
+        if not isinstance(state.iql.step, jax.core.Tracer):
+            state = self.prepare(state, device_data, key, mesh=mesh)
         state, device_data, key = place((state, device_data, key), mesh)
         trained, metrics = iql.train(state.iql, device_data.transitions(state.rewards), _iql_key(key, train_actor=True),
                                      num_steps=int(num_steps), metrics_every=int(metrics_every), mesh=mesh)

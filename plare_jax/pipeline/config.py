@@ -176,9 +176,10 @@ class SharedOptions:
     vmapped over stacked per-seed states (each seed with its own keys, so it computes what its
     one-at-a-time run would, up to float rounding), and every seed's evaluation in one pass over
     the workers. Checkpoints, resume and results stay per seed. Pays off on an accelerator (one
-    small MLP uses a sliver of it); on a 2-core CPU it gains little (docs/performance.md). Not for
-    rlvlmf (host loops before IQL) or with a data mesh of several devices; it says how a run is
-    executed, not what it computes: --resume RUN --batch-seeds may change it."""
+    small MLP uses a sliver of it); on a 2-core CPU it gains little (docs/performance.md). Every
+    method batches (rlvlmf's reward model and critic pretraining too); not with a data mesh of
+    several devices. It says how a run is executed, not what it computes: --resume RUN
+    --batch-seeds may change it."""
     eval_every: int = 1000
     """Evaluate every this many update steps (and at the end of each phase): success in MetaWorld;
     on recorded data, held-out preference accuracy (and success in --eval-env if given)."""

@@ -152,13 +152,14 @@ class SeedGroup:
         return jnp.stack(keys) if self.stacked else keys[0]
 
     def prepare(self, method: Method, state, device_data, keys, *, mesh, should_stop):
-        if not self.stacked:
-            return method.prepare(state, device_data, keys, mesh=mesh, should_stop=should_stop)
-        return jax.vmap(lambda s, k: method.prepare(s, device_data, k, mesh=None, should_stop=should_stop))(
-            state, keys)
+        # A stacked state goes to the method as it is (Method.prepare: e.g. rlvlmf's chunked host
+        # loop runs once for the group, each chunk vmapped over the seeds).
+        return method.prepare(state, device_data, keys, mesh=mesh, should_stop=should_stop)
 
     def train(self, method: Method, state, device_data, keys, num_steps: int, *, metrics_every: int, mesh):
         """`num_steps` updates of every seed; metrics per seed, `[name -> [windows]]` each."""
+        if self.stacked and mesh is not None:
+            raise ValueError("stacked seeds train on one device, without a data mesh")
         if not self.stacked:
             state, metrics = method.train(state, device_data, keys, num_steps, metrics_every=metrics_every,
                                           mesh=mesh)
