@@ -64,7 +64,9 @@ class CpuSample:
         machine_busy_s: CPU seconds all CPUs spent busy since boot (user, nice, system, irq,
             softirq, and steal: time a VM neighbour took), from /proc/stat; None without /proc.
         machine_total_s: the same plus idle and iowait (CPUs x wall since boot).
-        own_s: CPU seconds of this process, all threads (user + system).
+        own_s: CPU seconds of this process, all threads (user + system), plus those of its
+            children that have ended and been waited for (e.g. evaluation workers: the work
+            being timed, not a neighbour's).
     """
 
     wall: float
@@ -76,6 +78,7 @@ class CpuSample:
 def cpu_sample() -> CpuSample:
     """The CPU counters now (see `CpuSample`); `cpu_share` turns two of them into shares."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy = total = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/stat") as f:
@@ -85,7 +88,8 @@ def cpu_sample() -> CpuSample:
         hz = os.sysconf("SC_CLK_TCK")
         busy = (user + nice + system + irq + softirq + steal) / hz
         total = busy + (idle + iowait) / hz
-    return CpuSample(time.perf_counter(), busy, total, usage.ru_utime + usage.ru_stime)
+    return CpuSample(time.perf_counter(), busy, total,
+                     usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime)
 
 
 def cpu_share(before: CpuSample, after: CpuSample) -> dict[str, float | None]:

@@ -312,7 +312,7 @@ def test_runs_per_hour_tiny_times_both_modes_on_the_same_runs(tmp_path):
     for row in rows.values():
         assert row["seeds"] == 2 and row["wall_s"] > 0
         assert row["runs_per_hour"] == pytest.approx(2 * 3600 / row["wall_s"])
-        assert set(row["final_success"]) == {"plare", "sft", "bc"}
+        assert set(row["final_success"]) == {"plare", "rlvlmf", "sft", "bc"}
         assert all(len(v) == 2 for v in row["final_success"].values())
     assert rows["batched"]["batched_vs_sequential"] == pytest.approx(
         rows["batched"]["runs_per_hour"] / rows["sequential"]["runs_per_hour"])
