@@ -26,6 +26,7 @@ the per-seed numbers are two draws of the same run, equal in distribution, not i
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 import tempfile
@@ -69,6 +70,9 @@ class RunsPerHourConfig:
     rlvlmf's reward model and critics 50 updates each)."""
     quiet_threshold: float = 0.05
     """A mode is marked BUSY when other processes used more than this share of all CPUs meanwhile."""
+    compare_only: bool = False
+    """Train nothing: add the policy gaps between the two modes' run directories already in
+    --work-dir (from an earlier run of this command) to the JSON at --out."""
     work_dir: pathlib.Path | None = None
     """Where the data cache and both modes' run directories go (default: a temporary folder)."""
     out: pathlib.Path | None = None
@@ -137,6 +141,38 @@ def mode_row(cfg: RunsPerHourConfig, mode: str, n: int, work_dir: pathlib.Path) 
     }
 
 
+def policy_gaps(cfg: RunsPerHourConfig, work_dir: pathlib.Path, n: int) -> dict[str, list[float]]:
+    """Per method, per seed: max |batched - sequential| over the final policy parameters, relative to
+    the sequential policy's largest |parameter| (0 = the same policy)."""
+    import jax
+    import numpy as np
+
+    from plare_jax.methods import get_method
+    from plare_jax.pipeline.train import restore_final_state
+
+    data = prepare_data(cfg, work_dir / "cache")
+    config = experiment_config(cfg, work_dir / "cache", tuple(range(n)))
+    gaps: dict[str, list[float]] = {}
+    for name in cfg.method:
+        method = get_method(name)
+        for seed in range(n):
+            leaves = [[np.asarray(x) for x in jax.tree.leaves(method.policy_params(
+                restore_final_state(config, data, name, seed, work_dir / f"{mode}-{n}" / f"seed{seed}")))]
+                for mode in ("sequential", "batched")]
+            scale = max(float(np.max(np.abs(x))) for x in leaves[0])
+            gaps.setdefault(name, []).append(max(float(np.max(np.abs(x - y))) for x, y in zip(*leaves)) / scale)
+    return gaps
+
+
+def add_policy_gaps(cfg: RunsPerHourConfig, payload: dict, work_dir: pathlib.Path) -> dict:
+    """Each batched row gets `policy_gaps` against the sequential row of the same N."""
+    modes = {(r["mode"], r["seeds"]) for r in payload["rows"]}
+    for row in payload["rows"]:
+        if row["mode"] == "batched" and ("sequential", row["seeds"]) in modes:
+            row["policy_gaps"] = policy_gaps(cfg, work_dir, row["seeds"])
+    return payload
+
+
 def run(cfg: RunsPerHourConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="runs-per-hour-") as tmp:
         work_dir = pathlib.Path(cfg.work_dir or tmp)
@@ -153,13 +189,14 @@ def run(cfg: RunsPerHourConfig) -> dict:
             row["batched_vs_sequential"] = (row["runs_per_hour"] / sequential["runs_per_hour"]
                                             if row["mode"] == "batched" and sequential else None)
             row["busy_mark"] = "BUSY" if row["busy"] else ""
+        payload_rows = add_policy_gaps(cfg, {"rows": rows}, work_dir)["rows"]
     import jax
 
     device = jax.devices()[0]
     config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     return {"benchmark": "runs_per_hour", "config": config,
             "device": {"platform": device.platform, "device_kind": device.device_kind},
-            "machine": machine_info(extra_packages=("optax", "mujoco")), "rows": rows}
+            "machine": machine_info(extra_packages=("optax", "mujoco")), "rows": payload_rows}
 
 
 COLUMNS = [("mode", "mode"), ("seeds", "seeds"), ("wall_s", "wall s"), ("runs_per_hour", "runs/hour"),
@@ -168,14 +205,28 @@ COLUMNS = [("mode", "mode"), ("seeds", "seeds"), ("wall_s", "wall s"), ("runs_pe
 
 
 def main(cfg: RunsPerHourConfig) -> dict:
-    payload = run(cfg)
-    path = write_json(cfg.out or default_out("runs_per_hour"), payload)
+    out = pathlib.Path(cfg.out or default_out("runs_per_hour"))
+    if cfg.compare_only:
+        if cfg.work_dir is None or not out.exists():
+            raise SystemExit("--compare-only needs the --work-dir and --out of an earlier run")
+        payload = add_policy_gaps(cfg, json.loads(out.read_text()), cfg.work_dir)
+    else:
+        payload = run(cfg)
+    path = write_json(out, payload)
     print(markdown_table(payload["rows"], COLUMNS))
     for row in payload["rows"]:
         print(f"{row['mode']} x{row['seeds']} final success: {row['final_success']}")
+        if "policy_gaps" in row:
+            print("  final policies, max |batched - sequential| / max |sequential|: "
+                  + ", ".join(f"{m} {' '.join(f'{g:.2g}' for g in gaps)}" for m, gaps in row["policy_gaps"].items()))
     print(f"\ndevice: {payload['device']['device_kind']}; JSON: {path}")
     return payload
 
 
+def parse_args(argv: list[str] | None = None) -> RunsPerHourConfig:
+    """The options of this script (argv: None = the command line)."""
+    return tyro.cli(RunsPerHourConfig, args=argv, description=__doc__)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(RunsPerHourConfig))
+    main(parse_args())

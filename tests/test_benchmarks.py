@@ -323,3 +323,6 @@ def test_runs_per_hour_tiny_times_both_modes_on_the_same_runs(tmp_path):
         assert "trained_with_seeds" not in json.loads(
             (tmp_path / "work" / "sequential-2" / f"seed{seed}" / "result.json").read_text())
     assert "| batched | 2 |" in proc.stdout
+    gaps = rows["batched"]["policy_gaps"]
+    assert set(gaps) == {"plare", "rlvlmf", "sft", "bc"} and all(len(g) == 2 for g in gaps.values())
+    assert all(0 <= g < 1e-2 for v in gaps.values() for g in v)  # 40 updates: float rounding only

@@ -2,7 +2,9 @@
 
 Every method goes through `run_branch`, so evaluation episodes, checkpoints, metrics records and
 resumption are the same for all of them. Randomness depends only on (seed, step): an interrupted
-and resumed run equals an uninterrupted one.
+and resumed run equals an uninterrupted one. A branch trains a `SeedGroup`: one seed, or (under
+--batch-seeds) several seeds stacked into one vmapped program, each with its own checkpoints,
+metrics log and result.
 """
 
 from __future__ import annotations
