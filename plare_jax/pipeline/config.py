@@ -193,6 +193,12 @@ class SharedOptions:
     def total_steps(self) -> int:
         return self.bc_steps + self.cpl_steps
 
+    @property
+    def seed_groups(self) -> list[tuple[int, ...]]:
+        """The training seeds of one data seed in the order they train: all as one group under
+        --batch-seeds, else one group per seed."""
+        return [tuple(self.seeds)] if self.batch_seeds else [(seed,) for seed in self.seeds]
+
     def method_options(self, name: str):
         """The method's own options adjusted to this run's budget, or None if it has none."""
         return method_options(self.methods, name, total_steps=self.total_steps)

@@ -398,8 +398,7 @@ def _train_and_export(config: OfflineConfig, prepared: PreparedData, dataset: Re
     per_seed, curves = {}, {"held-out preference accuracy": {m: [] for m in config.method}}
     if config.eval_env is not None:
         curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
-    groups = [config.seeds] if config.batch_seeds else [(seed,) for seed in config.seeds]
-    for seeds in groups:  # --batch-seeds: all seeds as one group; else one at a time
+    for seeds in config.seed_groups:
         t0 = time.perf_counter()
         trained = train_seeds(config, prepared.task, seeds, [run_dir / f"seed{seed}" for seed in seeds],
                               evaluate_fns=[make_evaluator(config, prepared, seed) for seed in seeds],

@@ -205,9 +205,7 @@ def _run(config: ExperimentConfig, stop) -> dict:
         for task in tasks:
             seed_results[task] = {}
             for data_seed in config.data_seeds:
-                # --batch-seeds: every seed of this data seed as one group; else one seed at a time.
-                groups = [config.seeds] if config.batch_seeds else [(seed,) for seed in config.seeds]
-                for seeds in groups:
+                for seeds in config.seed_groups:
                     first_run = (data_seed, seeds[0]) == (config.data_seeds[0], config.seeds[0])
                     guard.training_started = True
                     seed_results[task].update(zip(((data_seed, s) for s in seeds), train_seeds(

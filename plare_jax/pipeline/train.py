@@ -153,11 +153,6 @@ class SeedGroup:
         keys = [jax.random.fold_in(jax.random.key(seed), step) for seed in self.seeds]
         return jnp.stack(keys) if self.stacked else keys[0]
 
-    def prepare(self, method: Method, state, device_data, keys, *, mesh, should_stop):
-        # A stacked state goes to the method as it is (Method.prepare: e.g. rlvlmf's chunked host
-        # loop runs once for the group, each chunk vmapped over the seeds).
-        return method.prepare(state, device_data, keys, mesh=mesh, should_stop=should_stop)
-
     def train(self, method: Method, state, device_data, keys, num_steps: int, *, metrics_every: int, mesh):
         """`num_steps` updates of every seed; metrics per seed, `[name -> [windows]]` each."""
         if self.stacked and mesh is not None:
@@ -192,7 +187,7 @@ def _restore_group(group: SeedGroup, managers: list, states: list, branch: str) 
         raise ckpt.CheckpointLayoutError(
             f"{branch}: the seeds trained together have no checkpoint step in common ({steps}); resume "
             "without --batch-seeds, or remove the branch's checkpoints to retrain it")
-    for manager, step in zip(managers, latest):
+    for manager in managers:
         for newer in [s for s in manager.all_steps() if s > common]:
             manager.delete(newer)
     return [ckpt.restore_state(m, s, step=common) for m, s in zip(managers, states)], common
@@ -233,9 +228,10 @@ def run_branch(config: SharedOptions, data: TaskData, method: Method, state, *, 
         seeds = "+".join(map(str, group.seeds))
         with tqdm(total=num_steps, initial=step - start_step, desc=f"{data.task} seed {seeds} {branch}",
                   unit="step", leave=False) as bar:
-            if step < end_step:  # e.g. rlvlmf's reward model, with the first update call's key
-                state = group.prepare(method, state, train_data, group.keys(step), mesh=mesh,
-                                      should_stop=should_stop)
+            if step < end_step:  # e.g. rlvlmf's reward model, with the first update call's key(s)
+                # A stacked state goes to the method as it is (Method.prepare): rlvlmf's chunked host
+                # loop runs once for the group, each chunk vmapped over the seeds.
+                state = method.prepare(state, train_data, group.keys(step), mesh=mesh, should_stop=should_stop)
             while step < end_step:
                 chunk = min(config.eval_every - (step % config.eval_every), end_step - step)
                 keys = group.keys(step)
