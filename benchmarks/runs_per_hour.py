@@ -108,12 +108,11 @@ def experiment_config(cfg: RunsPerHourConfig, cache_dir: pathlib.Path, seeds: tu
 
 def prepare_data(cfg: RunsPerHourConfig, cache_dir: pathlib.Path):
     """The run's data and labels (collected and labelled once, then read from the cache)."""
-    from plare_jax.pipeline.data import prepare_task
+    from plare_jax.pipeline.run import prepare_task
     from plare_jax.pipeline.labels import choose_labeler
 
     config = experiment_config(cfg, cache_dir, (0,))
-    return prepare_task(config, choose_labeler(config), config.tasks[0], cfg.data_seed, None,
-                        cache_dir / "units")
+    return prepare_task(config, choose_labeler(config), config.tasks[0], cfg.data_seed, None)
 
 
 def mode_row(cfg: RunsPerHourConfig, mode: str, n: int, work_dir: pathlib.Path) -> dict:

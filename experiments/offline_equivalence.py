@@ -81,10 +81,10 @@ def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.envs.render import RenderConfig, render_pair_images
     from plare_jax.export import load_policy
     from plare_jax.pipeline.config import ExperimentConfig
-    from plare_jax.pipeline.data import prepare_task
     from plare_jax.pipeline.labels import LabelerChoice
     from plare_jax.pipeline.offline import OfflineConfig, prepare_data, run_offline
     from plare_jax.pipeline.train import restore_final_state
+    from plare_jax.pipeline.run import prepare_task
     from plare_jax.pipeline.run import run as run_metaworld
     from plare_jax.pipeline.run import unit_dir
     from plare_jax.envs.tasks import resolve_task
@@ -123,18 +123,18 @@ def main(cfg: EquivalenceConfig) -> dict:
 
     # The data stage of both paths, side by side (both are cached or instant now).
     scripted = LabelerChoice("scripted", "equivalence check")
-    mw_data = prepare_task(mw_config, scripted, task, 0, None, cfg.out_dir / "compare")
+    mw_data = prepare_task(mw_config, scripted, task, 0, None)
     recorded = load_recorded(recorded_dir)
     off_data = prepare_data(off_config, recorded, recorded.task_text, scripted, None)
-    a, b = mw_data.training, off_data.task.training
+    a, b = mw_data.training, off_data.training
     checks = {
-        "same_pairs": bool(np.array_equal(a.pair_rows[:, :, 0], off_data.pairs.starts)),
+        "same_pairs": bool(np.array_equal(a.pair_rows[:, :, 0], off_data.kept.pairs.starts)),
         "same_labels": bool(np.array_equal(a.labels, b.labels) and np.array_equal(a.weights, b.weights)),
         "same_training_arrays": all(
             np.array_equal(getattr(a, f.name), getattr(b, f.name))
             for f in dataclasses.fields(a) if f.name != "episode_scores"),
     }
-    some = off_data.pairs.take(np.arange(min(cfg.image_pairs, off_data.pairs.num_pairs)))
+    some = off_data.kept.pairs.take(np.arange(min(cfg.image_pairs, off_data.kept.pairs.num_pairs)))
     rendered = render_pair_images(dataset, some, RenderConfig(num_keyframes=cfg.num_keyframes),
                                   workers=1, progress=False)
     stored = recorded_pair_images(recorded, some, num_keyframes=cfg.num_keyframes)
@@ -142,9 +142,9 @@ def main(cfg: EquivalenceConfig) -> dict:
 
     params = {}
     for method in methods:
-        mw_state = restore_final_state(off_config, off_data.task, method, cfg.seed,
+        mw_state = restore_final_state(off_config, off_data, method, cfg.seed,
                                        unit_dir(cfg.out_dir / "metaworld", task, 0, cfg.seed))
-        off_state = restore_final_state(off_config, off_data.task, method, cfg.seed,
+        off_state = restore_final_state(off_config, off_data, method, cfg.seed,
                                         cfg.out_dir / "recorded" / f"seed{cfg.seed}")
         leaves_a = [np.asarray(x) for x in _leaves(mw_state.params)]
         leaves_b = [np.asarray(x) for x in _leaves(off_state.params)]

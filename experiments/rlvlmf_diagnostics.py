@@ -25,7 +25,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
@@ -97,9 +96,9 @@ def diagnose(config: DiagnosticsConfig) -> dict:
     from flax import nnx
 
     from plare_jax import iql
-    from plare_jax.envs.collect import CollectionConfig, collect_dataset
+    from plare_jax.envs.collect import collect_dataset
     from plare_jax.envs.tasks import resolve_task
-    from plare_jax.pipeline.data import prepare_task
+    from plare_jax.pipeline.run import collection_config, prepare_task
     from plare_jax.pipeline.labels import choose_labeler
     from plare_jax.pipeline.run import load_resumed_config, unit_dir
     from plare_jax.pipeline.train import checkpoint_dir, restore_final_state
@@ -109,13 +108,9 @@ def diagnose(config: DiagnosticsConfig) -> dict:
     checkpoints = checkpoint_dir(unit_dir(config.run, task, config.data_seed, config.seed), "rlvlmf")
     if not checkpoints.is_dir():
         raise FileNotFoundError(f"{checkpoints}: no rlvlmf checkpoint (did the run train rlvlmf on this unit?)")
-    with tempfile.TemporaryDirectory() as scratch:  # prepare_task writes a data card; keep the run as it is
-        data = prepare_task(run_config, choose_labeler(run_config), task, config.data_seed, None, pathlib.Path(scratch))
-    dataset = collect_dataset(
-        CollectionConfig(task=task, num_episodes=run_config.num_episodes, horizon=run_config.collection_horizon,
-                         seed=config.data_seed, stretch_prob=run_config.stretch_prob,
-                         decoy_prob=run_config.decoy_prob, misperceive_prob=run_config.misperceive_prob),
-        cache_dir=run_config.cache_dir / "datasets", workers=1)
+    data = prepare_task(run_config, choose_labeler(run_config), task, config.data_seed, None)
+    dataset = collect_dataset(collection_config(run_config, task, config.data_seed),
+                              cache_dir=run_config.cache_dir / "datasets", workers=1)
     state = restore_final_state(run_config, data, "rlvlmf", config.seed,
                                 unit_dir(config.run, task, config.data_seed, config.seed))
     obs = jnp.asarray(data.training.observations)

@@ -20,7 +20,7 @@ from plare_jax.envs.collect import CollectionConfig, collect_dataset
 from plare_jax.envs.render import RenderConfig, encode_png, render_pair_images
 from plare_jax.testing.loopback_server import LoopbackBehavior, LoopbackVLMServer
 from plare_jax.pipeline.config import ExperimentConfig, VLMOptions
-from plare_jax.pipeline.data import prepare_task
+from plare_jax.pipeline.run import prepare_task
 from plare_jax.pipeline.labels import LabelerChoice
 
 
@@ -39,7 +39,7 @@ def test_segment_order_survives_rendering_the_vlm_and_the_training_targets(tmp_p
             vlm=VLMOptions(base_url=server.base_url, model=server.model),
         )  # fmt: skip
         choice = LabelerChoice("vlm", "loopback test server", base_url=server.base_url)
-        data = prepare_task(config, choice, "reach-v3", 0, server.base_url, tmp_path / "unit")
+        data = prepare_task(config, choice, "reach-v3", 0, server.base_url)
     training = data.training
 
     dataset = collect_dataset(

@@ -163,8 +163,8 @@ def test_scripted_run_end_to_end_with_export(tmp_path):
                            eval_every=40, warmup_steps=5, holdout_fraction=0.25)
     ds = load_recorded(data)
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
-    state = restore_final_state(config, prepared.task, "plare", 0, run / "seed0")
-    norm = prepared.normalizer
+    state = restore_final_state(config, prepared, "plare", 0, run / "seed0")
+    norm = prepared.kept.normalizer
     expected = norm.actions_from_policy(make_policy_fn(state)(norm.observations(ds.observations[:5])))
     policy = load_policy(run / "seed0" / "export" / "plare" / "policy.npz")
     np.testing.assert_allclose(policy.act(ds.observations[:5]), expected, rtol=1e-5, atol=1e-5)
@@ -282,9 +282,9 @@ def test_every_registered_method_trains_and_exports(tmp_path):
                            eval_every=40, warmup_steps=5, holdout_fraction=0.25)
     ds = load_recorded(data)
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
-    norm = prepared.normalizer
+    norm = prepared.kept.normalizer
     for name in methods:
-        state = restore_final_state(config, prepared.task, name, 0, run / "seed0")
+        state = restore_final_state(config, prepared, name, 0, run / "seed0")
         expected = norm.actions_from_policy(get_method(name).policy_fn(state)(norm.observations(ds.observations[:6])))
         exported = load_policy(run / "seed0" / "export" / name / "policy.npz").act(ds.observations[:6])
         np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-5, err_msg=name)

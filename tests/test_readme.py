@@ -207,3 +207,31 @@ def test_readme_library_snippet_runs_as_written(installed_env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     loss = float(re.search(r"CPL loss ([0-9.]+)", proc.stdout).group(1))
     assert loss > 0 and "gradient shape (39, 4)" in proc.stdout
+
+
+def _layout_rows() -> dict[str, str]:
+    """README's layout table: first cell (the paths) -> second cell (what they hold)."""
+    text = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and ("/" in cells[0]):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_the_layout_table_matches_the_tree():
+    rows = _layout_rows()
+    assert rows, "README.md has no layout table"
+    for paths in rows:
+        first, *others = re.findall(r"`([^`]+)`", paths)
+        folder = Path(first) if first.endswith("/") else Path(first).parent
+        assert (ROOT / first).exists(), f"README layout names {first}, which does not exist"
+        for name in others:  # siblings given by name only, e.g. `learner.py`
+            assert (ROOT / folder / name).exists(), f"README layout names {folder / name}, which does not exist"
+    # The pipeline's row names its modules file by file: each one it names exists, and none is left out.
+    pipeline = ROOT / "plare_jax" / "pipeline"
+    named = set(re.findall(r"`(\w+\.py)`", rows["`plare_jax/pipeline/`"]))
+    modules = {p.name for p in pipeline.glob("*.py") if p.name != "__init__.py"}
+    assert named - modules == set(), f"README's row of plare_jax/pipeline/ names {sorted(named - modules)}, not there"
+    assert modules - named == set(), f"README's row of plare_jax/pipeline/ leaves out {sorted(modules - named)}"

@@ -121,6 +121,12 @@ class SharedOptions:
     the VLM. scripted: the scripted teacher."""
 
     # Labels and pairs.
+    teacher: Literal["progress", "return"] = "progress"
+    """What the scripted teacher compares (and what label accuracy is measured against):
+    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
+    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
+    ranks the task phase a segment is in rather than how good its actions are). On recorded data,
+    the stored rewards."""
     teacher_equal_threshold: float = 0.0
     """Scripted teacher: score gaps at or below this are 'unsure'."""
     teacher_noise: TeacherNoiseName = "mistake"
@@ -185,6 +191,16 @@ class SharedOptions:
     on recorded data, held-out preference accuracy (and success in --eval-env if given)."""
     out_dir: pathlib.Path = pathlib.Path("runs")
     """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name (default: timestamp and task or dataset name). An existing run is never
+    overwritten."""
+    resume: pathlib.Path | None = None
+    """Continue an interrupted run directory with its stored config (the other options are ignored,
+    except those that say how the run is executed). Labels come back from the label store,
+    training from the last checkpoint of each method."""
+    cache_dir: pathlib.Path = pathlib.Path("data")
+    """Cache of the collected MetaWorld datasets and the persistent VLM label store (labels.sqlite),
+    reused across runs and shared by both experiments."""
     vlm: VLMOptions = VLMOptions()
     methods: Annotated[MethodOptions, tyro.conf.arg(name="")] = MethodOptions()  # type: ignore[valid-type]
     """Each method's own options (--rlvlmf.*, --pbc.*, --plare.*, --plare-robust.*)."""
@@ -224,11 +240,6 @@ class _MetaWorldOptions:
     """Seeds of the offline data and of the pair sampling and labels (each shared by all training
     seeds). Develop on data seed 0; report on data seeds development never looked at, e.g.
     `--data-seeds 1 2 --seeds 0 1 2` (6 runs per task and method)."""
-    teacher: Literal["progress", "return"] = "progress"
-    """What the scripted teacher compares (and what label accuracy is measured against):
-    progress = the change of the dense reward over each segment (advantage-like, CPL's preference
-    model); return = the segment's reward sum (the classic oracle, but on random pairs it mostly
-    ranks the task phase a segment is in rather than how good its actions are)."""
     stretch_prob: float | None = None
     """Offline data: per-step probability of a random-action stretch (None: per-task default)."""
     decoy_prob: float | None = None
@@ -277,12 +288,6 @@ class _MetaWorldOptions:
     """Multi-host: number of processes (with --coordinator-address and --process-id)."""
     process_id: int | None = None
     """Multi-host: this process's index, 0 .. --num-processes - 1 (process 0 writes the run files)."""
-    run_name: str | None = None
-    """Run directory name (default: timestamp and task). An existing run is never overwritten."""
-    resume: pathlib.Path | None = None
-    """Continue an interrupted run directory (its stored config is used; other options are ignored)."""
-    cache_dir: pathlib.Path = pathlib.Path("data")
-    """Cache of offline datasets and the persistent label store, reused across runs."""
     recollect: bool = False
     """Collect the offline data again even when it is cached (replaces a corrupt or truncated cache file)."""
 

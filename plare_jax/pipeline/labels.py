@@ -1,4 +1,5 @@
-"""The labeling stage: choose the labeler, then label segment pairs (scripted teacher or VLM)."""
+"""The labeling stage: choose the labeler, label segment pairs (scripted teacher or VLM), report
+how the labels compare with the teacher, and stop before training when too many are missing."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from plare_jax.data.segments import SegmentPairs
 from plare_jax.data.keyframes import encode_png
 from plare_jax.interrupts import raise_if_stopped
 from plare_jax.labeling import launcher as vllm_launcher
-from plare_jax.labeling.base import PairBatch
-from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, noise_free_level
+from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
+from plare_jax.labeling.coverage import check_label_coverage
+from plare_jax.labeling.noise import TeacherNoise, calibrate_noise, label_agreement, noise_free_level
+from plare_jax.labeling.report import format_report, labeling_report
 from plare_jax.labeling.scripted import ScriptedTeacher
 from plare_jax.labeling.store import LabelStore
 from plare_jax.labeling.vlm import VLMConfig, VLMLabeler, check_endpoint, preflight
@@ -186,3 +189,55 @@ def merge_stats(stats_list: list[dict]) -> dict:
         merged["pairs_per_s"] = merged.get("queried_pairs", 0) / wall
         merged["requests_per_s"] = merged.get("requests", 0) / wall
     return merged
+
+
+def label_statistics(preferences: np.ndarray, stats: dict) -> dict:
+    """Counts and rates of a labeling run with no ground truth to compare against."""
+    prefs = check_preferences(preferences)
+    report = {"pairs": int(len(prefs)), "accuracy": None,
+              "first": int((prefs == 0).sum()), "second": int((prefs == 1).sum()),
+              "unsure": int((prefs == UNSURE).sum()),
+              "unsure_rate": float((prefs == UNSURE).mean()) if len(prefs) else 0.0}
+    for key in ("requests", "retries", "malformed", "failed", "cache_hits", "prompt_tokens",
+                "completion_tokens", "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s",
+                "pairs_per_s", "requests_per_s"):
+        report[key] = stats.get(key)
+    return report
+
+
+def label_report(config: SharedOptions, choice: LabelerChoice, preferences: np.ndarray, stats: dict,
+                 scores: np.ndarray | None, *, where: str) -> dict:
+    """The labels' report (printed, prefixed by `where`), for any data source.
+
+    `scores`: the noise-free teacher's [P, 2] scores, when the data has ground truth: the report
+    then gives the labels' accuracy against that teacher. Every report gives the share of "first"
+    labels (a position-biased labeller shows up far from the teacher's share).
+
+    Raises `LabelCoverageError` when more than --max-unlabeled-fraction of the pairs got no label:
+    missing labels are weight 0, so "plare" would be little more than BC; it stops here, before
+    any training, rather than report that (the error says what to do).
+    """
+    first_share = None if len(preferences) == 0 else label_agreement(preferences, preferences)["first_share"]
+    if scores is None:
+        report = label_statistics(preferences, stats)
+        report["first_share"] = first_share
+        print(f"{where} labels ({choice.kind}): {report['pairs']} pairs, first {report['first']}, second "
+              f"{report['second']}, unsure {report['unsure']} (no ground truth: accuracy not measurable)")
+    else:
+        teacher = ScriptedTeacher().label(PairBatch(where, scores=scores), progress=False)
+        report = labeling_report(preferences, teacher.preferences, stats)
+        report["first_share"] = first_share
+        report["teacher_first_share"] = label_agreement(teacher.preferences, teacher.preferences)["first_share"]
+        if choice.kind == "scripted":
+            report.update({key: stats.get(key) for key in ("noise_model", "flipped", "made_unsure")})
+            level = stats.get("noise_level")
+            report["noise_level"] = level if level is None or np.isfinite(level) else None  # inf: noise-free boltzmann
+        if choice.kind == "scripted" and teacher_is_noise_free(config):
+            # The labels are the teacher's own: agreement with it is 1 by construction, not a finding.
+            report["accuracy_note"] = "labels are the scripted teacher's own; accuracy is 1 by construction"
+            print(f"{where} labels: scripted teacher ({getattr(config, 'teacher', 'progress')}), "
+                  f"{report['pairs']} pairs, unsure rate {report['unsure_rate']:.1%}")
+        else:
+            print(f"{where} labels ({choice.kind}):\n{format_report(report)}")
+    report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
+    return report

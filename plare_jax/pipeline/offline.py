@@ -1,4 +1,5 @@
-"""PLARE on recorded robot data, with no simulator: the stages behind experiments/offline.py.
+"""PLARE on recorded robot data, with no simulator: recorded data as a data source of the one
+pipeline (`pipeline.runner`), behind experiments/offline.py.
 
 recorded dataset (validated first) -> segment pairs -> labels (VLM on keyframes taken from the
 stored frames, or the scripted teacher on stored rewards) -> a held-out split of the labelled
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import time
 import types
 from collections.abc import Callable
 from typing import Literal
@@ -24,22 +24,25 @@ import numpy as np
 
 from plare_jax import plotting, runs
 from plare_jax.data.recorded import RecordedDataset, load_recorded, recorded_pair_images
-from plare_jax.data.segments import SegmentPairs, sample_segment_pairs, valid_segment_starts
+from plare_jax.data.segments import SegmentPairs, valid_segment_starts
 from plare_jax.export import Normalizer, export_policy
-from plare_jax.labeling.base import UNSURE, PairBatch, check_preferences
-from plare_jax.labeling.coverage import check_label_coverage
-from plare_jax.labeling.report import format_report, labeling_report
-from plare_jax.labeling.scripted import ScriptedTeacher
-from plare_jax.methods import METHODS, get_method
 from plare_jax.interrupts import stop_on_signals
+from plare_jax.labeling.base import UNSURE
+from plare_jax.methods import METHODS, get_method
 from plare_jax.pipeline.config import ConfigError, SharedOptions, validate_updates
-from plare_jax.pipeline.data import TaskData, training_data
-from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, label_pairs, teacher_scores
-from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
-from plare_jax.pipeline.train import method_evals, restore_final_state, train_seeds
+from plare_jax.pipeline.data import TaskData, prepare_unit, training_data
+from plare_jax.pipeline.labels import LabelerChoice, choose_labeler, teacher_scores
+from plare_jax.pipeline.lifecycle import load_stored_config
+from plare_jax.pipeline.runner import resolve_resume, run_source
+from plare_jax.pipeline.source import Unit
+from plare_jax.pipeline.train import method_evals, per_seed_evaluator, restore_final_state
 
 # Methods that read simulator ground truth cannot run on data without it.
 _NEEDS_REWARDS = tuple(name for name, m in METHODS.items() if m.oracle)
+
+RESUME_COMMAND = "python experiments/offline.py --resume {run_dir}"
+# How this process runs the seeds, not what it computes: always the command line's, on --resume too.
+_EXECUTION_FIELDS = ("batch_seeds",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +57,6 @@ class _RecordedOptions:
     """Goal text for the VLM, e.g. "open the drawer" (default: the dataset card's task_text)."""
     camera: str | None = None
     """Camera whose frames the VLM sees (default: the first in the card)."""
-    teacher: Literal["progress", "return"] = "progress"
-    """What the scripted teacher compares when the data has rewards (and what VLM label accuracy is
-    measured against): progress = change of the reward over a segment; return = its sum."""
     data_seed: int = 0
     """Seed of the pair sampling, the scripted teacher's flips and the held-out split."""
     holdout_fraction: float = 0.1
@@ -77,14 +77,6 @@ class _RecordedOptions:
     eval_horizon: int = 500
     """Steps per environment evaluation episode."""
 
-    # Outputs.
-    run_name: str | None = None
-    """Run directory name (default: timestamp and dataset name). An existing run is never overwritten."""
-    resume: pathlib.Path | None = None
-    """Continue an interrupted run directory (its stored config is used; other options are ignored).
-    Labels come back from the label store, training from the last checkpoint of each method."""
-    cache_dir: pathlib.Path = pathlib.Path("data")
-    """Holds the persistent VLM label store (labels.sqlite), shared with the MetaWorld experiment."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +108,9 @@ def validate(config: OfflineConfig) -> None:
 
 
 @dataclasses.dataclass
-class PreparedData:
-    """A recorded dataset with its labelled pairs, split for training and held-out evaluation."""
+class RecordedSplit:
+    """What the recorded source keeps past the data stage for its evaluator and its exports: the
+    labelled pairs split into training and held-out ones, and the fitted normaliser."""
 
     dataset: RecordedDataset
     pairs: SegmentPairs
@@ -125,63 +118,6 @@ class PreparedData:
     train_index: np.ndarray  # [P_train] indices into pairs
     heldout_index: np.ndarray  # [P_held] indices into pairs
     normalizer: Normalizer
-    task: TaskData
-    summary: dict
-
-
-def check_inputs(config: OfflineConfig) -> tuple[RecordedDataset, str, LabelerChoice]:
-    """Reads and validates the data and resolves labeler, task text, camera and environment.
-
-    Raises (before any labeling): ConfigError, RecordedDataError, VLMEndpointError.
-    """
-    validate(config)
-    dataset = load_recorded(config.data)
-    text = config.task_text if config.task_text is not None else dataset.task_text
-    try:
-        valid_segment_starts(dataset, config.segment_length)
-    except ValueError as e:
-        raise ConfigError(f"--segment-length {config.segment_length}: {e}") from e
-    choice = choose_labeler(config)
-    if choice.kind == "scripted":
-        if dataset.rewards is None:
-            raise ConfigError(
-                f"{config.data} has no rewards, so the scripted teacher cannot label it; use a VLM "
-                "(--labeler vlm with --vlm.base-url http://HOST:PORT/v1, or --vlm.launch on a GPU)")
-        if config.labeler == "auto":
-            choice = LabelerChoice("scripted", "no VLM endpoint configured and no local GPU with vLLM: "
-                                   "labels come from the dataset's stored rewards (scripted teacher)")
-    else:
-        dataset.camera(config.camera)  # raises if there are no frames or no such camera
-        if not text.strip():
-            raise ConfigError(f"the VLM needs a goal text: pass --task-text \"...\" ({config.data}/card.json has "
-                              "no task_text)")
-    rewards_needed = [m for m in config.method if m in _NEEDS_REWARDS]
-    if rewards_needed and dataset.rewards is None:
-        raise ConfigError(f"--method {rewards_needed} reads ground-truth rewards, which {config.data} does not have")
-    if config.eval_env is not None:
-        check_eval_env(config, dataset)
-    return dataset, text, choice
-
-
-def _pair_images_of(config: OfflineConfig, dataset: RecordedDataset):
-    """Recorded data's pair images: keyframes taken from the stored frames of --camera (the
-    MetaWorld path's keyframes, tiling and prompt)."""
-    return lambda pairs: recorded_pair_images(dataset, pairs, camera=config.camera,
-                                              num_keyframes=config.num_keyframes, progress=True)
-
-
-def label_statistics(preferences: np.ndarray, stats: dict) -> dict:
-    """Counts and rates of a labeling run with no ground truth to compare against."""
-    prefs = check_preferences(preferences)
-    report = {"pairs": int(len(prefs)), "accuracy": None,
-              "first": int((prefs == 0).sum()), "second": int((prefs == 1).sum()),
-              "unsure": int((prefs == UNSURE).sum()),
-              "unsure_rate": float((prefs == UNSURE).mean()) if len(prefs) else 0.0}
-    for key in ("requests", "retries", "malformed", "failed", "cache_hits", "prompt_tokens",
-                "completion_tokens", "latency_p50_s", "latency_p90_s", "latency_p99_s", "wall_s",
-                "pairs_per_s", "requests_per_s"):
-        report[key] = stats.get(key)
-    return report
 
 
 def split_pairs(num_pairs: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,48 +129,156 @@ def split_pairs(num_pairs: int, holdout_fraction: float, seed: int) -> tuple[np.
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+class RecordedSource:
+    """Recorded robot data as a `pipeline.source.DataSource`: one dataset (validated first), the
+    VLM shown keyframes of its stored frames, its stored rewards (if any) as the scripted teacher's
+    ground truth, a held-out split of the labelled pairs, observation / action normalisation, and
+    held-out preference accuracy (plus, optionally, success in a gymnasium environment); each
+    method's policy is exported (numpy only) as soon as its seed has trained."""
+
+    resume_command = RESUME_COMMAND
+    track: tuple[str, ...] = ()
+
+    def __init__(self, config: OfflineConfig, dataset: RecordedDataset | None = None, text: str | None = None):
+        self.config = config
+        self._dataset, self._text = dataset, text
+
+    @property
+    def name(self) -> str:
+        return pathlib.Path(self.config.data).name or "recorded"
+
+    def check(self) -> LabelerChoice:
+        """Reads and validates the data and resolves labeler, task text, camera and environment.
+
+        Raises (before any labeling): ConfigError, RecordedDataError, VLMEndpointError.
+        """
+        config = self.config
+        validate(config)
+        dataset = load_recorded(config.data)
+        text = config.task_text if config.task_text is not None else dataset.task_text
+        try:
+            valid_segment_starts(dataset, config.segment_length)
+        except ValueError as e:
+            raise ConfigError(f"--segment-length {config.segment_length}: {e}") from e
+        choice = choose_labeler(config)
+        if choice.kind == "scripted":
+            if dataset.rewards is None:
+                raise ConfigError(
+                    f"{config.data} has no rewards, so the scripted teacher cannot label it; use a VLM "
+                    "(--labeler vlm with --vlm.base-url http://HOST:PORT/v1, or --vlm.launch on a GPU)")
+            if config.labeler == "auto":
+                choice = LabelerChoice("scripted", "no VLM endpoint configured and no local GPU with vLLM: "
+                                       "labels come from the dataset's stored rewards (scripted teacher)")
+        else:
+            dataset.camera(config.camera)  # raises if there are no frames or no such camera
+            if not text.strip():
+                raise ConfigError(f"the VLM needs a goal text: pass --task-text \"...\" ({config.data}/card.json "
+                                  "has no task_text)")
+        rewards_needed = [m for m in config.method if m in _NEEDS_REWARDS]
+        if rewards_needed and dataset.rewards is None:
+            raise ConfigError(f"--method {rewards_needed} reads ground-truth rewards, which {config.data} does not have")
+        if config.eval_env is not None:
+            check_eval_env(config, dataset)
+        self._dataset, self._text = dataset, text
+        return choice
+
+    def training_mesh(self) -> None:
+        return None  # recorded data trains on one device
+
+    def units(self, run_dir: pathlib.Path) -> list[Unit]:
+        return [Unit(self.name, self.config.data_seed, run_dir)]  # seeds in run_dir/seed<N>
+
+    def load(self, unit: Unit, should_stop=None) -> RecordedDataset:
+        return self._dataset
+
+    def goal_text(self, unit: Unit, choice: LabelerChoice) -> str:
+        return self._text
+
+    def pair_images(self, dataset: RecordedDataset):
+        """Keyframes taken from the stored frames of --camera (the MetaWorld path's keyframes,
+        tiling and prompt)."""
+        config = self.config
+        return lambda pairs: recorded_pair_images(dataset, pairs, camera=config.camera,
+                                                  num_keyframes=config.num_keyframes, progress=True)
+
+    def teacher_scores(self, dataset: RecordedDataset, pairs: SegmentPairs):
+        return None if dataset.rewards is None else teacher_scores(self.config, pairs)
+
+    def training_arrays(self, unit, dataset, pairs, preferences, report):
+        """Split -> normalisation -> the training pairs' `TrainingData` (the same for every method)."""
+        config = self.config
+        train_index, heldout_index = split_pairs(pairs.num_pairs, config.holdout_fraction, unit.data_seed)
+        normalizer = Normalizer.fit(dataset.observations, dataset.actions, observation=config.obs_norm,
+                                    action=config.action_scaling)
+        normalized = types.SimpleNamespace(
+            observations=normalizer.observations(dataset.observations),
+            actions=normalizer.actions_to_policy(dataset.actions), episode_ids=dataset.episode_ids)
+        episode_returns = (None if dataset.rewards is None else
+                           np.bincount(dataset.episode_ids, weights=dataset.rewards.astype(np.float64),
+                                       minlength=dataset.num_episodes))
+        training = training_data(normalized, pairs.take(train_index), preferences[train_index],
+                                 unsure=config.unsure, episode_scores=episode_returns)
+        report["heldout_pairs"] = int(len(heldout_index))
+        return training, RecordedSplit(dataset, pairs, preferences, train_index, heldout_index, normalizer)
+
+    def describe(self, dataset, choice, kept: RecordedSplit) -> dict:
+        return {"dataset": {k: v for k, v in dataset.card.items() if k != "source"},
+                "source": dataset.card.get("source", {}), "task_text": self._text, "labeler": choice.kind,
+                "labeler_reason": choice.reason,
+                "normalization": {"observations": self.config.obs_norm,
+                                  "actions": "minmax" if kept.normalizer.act_low is not None else "none"}}
+
+    def evaluator(self, unit: Unit, kept: RecordedSplit, should_stop):
+        return lambda seeds: per_seed_evaluator([make_evaluator(self.config, kept, seed) for seed in seeds])
+
+    def finish_seed(self, unit: Unit, data: TaskData, seed: int, result: dict) -> dict:
+        """Exports each method's final policy (policy.npz + plare_policy.py, numpy only)."""
+        dataset, seed_dir = data.kept.dataset, unit.seed_dir(seed)
+        result = {**result, "methods": {name: dict(r) for name, r in result["methods"].items()}}
+        for method_name in self.config.method:
+            state = restore_final_state(self.config, data, method_name, seed, seed_dir)
+            path = export_policy(get_method(method_name).policy_params(state), data.kept.normalizer,
+                                 seed_dir / "export" / method_name, extra_meta={
+                                     "task_text": self._text, "method": method_name, "seed": seed,
+                                     "observation_names": dataset.card.get("observation_names"),
+                                     "action_names": dataset.card.get("action_names"),
+                                     "units": dataset.card.get("units")})
+            result["methods"][method_name]["export"] = str(path.relative_to(unit.dir))
+        return result
+
+    def results(self, choice: LabelerChoice, summaries: dict, seed_results: dict) -> dict:
+        ((unit, summary),) = summaries.items()
+        return summarize_offline(self.config, summary, seed_results.get(unit, {}))
+
+    def plot_curves(self, run_dir: pathlib.Path, units) -> pathlib.Path:
+        config = self.config
+        curves = {"held-out preference accuracy": {m: [] for m in config.method}}
+        if config.eval_env is not None:
+            curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
+        (unit,) = units
+        for seed in config.seeds:
+            records = runs.MetricsLog(unit.seed_dir(seed) / "metrics.jsonl").read()
+            for method_name in config.method:
+                evals = method_evals(records, get_method(method_name))
+                for metric, key in (("held-out preference accuracy", "heldout_accuracy"),
+                                    (f"success in {config.eval_env}", "success_rate")):
+                    if metric in curves:
+                        curves[metric][method_name].append(
+                            [(r["step"], r[key]) for r in evals if r.get(key) is not None])
+        path = run_dir / "learning_curves.png"
+        plotting.plot_learning_curves(curves, path, phase_switch_step=config.bc_steps, ylabel="value")
+        return path
+
+    def format_table(self, results: dict) -> str:
+        return format_offline_table(results)
+
+
 def prepare_data(config: OfflineConfig, dataset: RecordedDataset, text: str, choice: LabelerChoice,
-                 base_url: str | None, should_stop: Callable[[], bool] | None = None) -> PreparedData:
-    """Pairs -> labels -> split -> normalisation -> `TrainingData` (the same arrays for every method)."""
-    timings = {}
-    t0 = time.perf_counter()
-    pairs = sample_segment_pairs(dataset, config.num_pairs, segment_length=config.segment_length,
-                                 rng=np.random.default_rng(config.data_seed))
-    preferences, stats = label_pairs(config, choice, text, dataset, pairs, base_url, config.cache_dir / "labels.sqlite",
-                                     data_seed=config.data_seed, pair_images=_pair_images_of(config, dataset),
-                                     should_stop=should_stop)
-    timings["labels_s"] = time.perf_counter() - t0
-    if dataset.rewards is not None:
-        teacher = ScriptedTeacher().label(PairBatch(text, scores=teacher_scores(config, pairs)), progress=False)
-        report = labeling_report(preferences, teacher.preferences, stats)
-        print(f"labels ({choice.kind}):\n{format_report(report)}")
-    else:
-        report = label_statistics(preferences, stats)
-        print(f"labels ({choice.kind}): {report['pairs']} pairs, first {report['first']}, second "
-              f"{report['second']}, unsure {report['unsure']} (no rewards stored: accuracy not measurable)")
-    if choice.kind == "vlm":  # too many failed/malformed answers: stop before training (says what to do)
-        report["coverage"] = check_label_coverage(stats, max_unlabeled_fraction=config.max_unlabeled_fraction)
-    train_index, heldout_index = split_pairs(pairs.num_pairs, config.holdout_fraction, config.data_seed)
-    normalizer = Normalizer.fit(dataset.observations, dataset.actions, observation=config.obs_norm,
-                                action=config.action_scaling)
-    normalized = types.SimpleNamespace(
-        observations=normalizer.observations(dataset.observations),
-        actions=normalizer.actions_to_policy(dataset.actions), episode_ids=dataset.episode_ids)
-    episode_returns = (None if dataset.rewards is None else
-                       np.bincount(dataset.episode_ids, weights=dataset.rewards.astype(np.float64),
-                                   minlength=dataset.num_episodes))
-    training = training_data(normalized, pairs.take(train_index), preferences[train_index],
-                             unsure=config.unsure, episode_scores=episode_returns)
-    report["trained_pairs"] = training.num_trained_pairs
-    report["heldout_pairs"] = int(len(heldout_index))
-    summary = {"dataset": {k: v for k, v in dataset.card.items() if k != "source"},
-               "source": dataset.card.get("source", {}), "task_text": text, "labeler": choice.kind,
-               "labeler_reason": choice.reason, "labels": report, "timings": timings,
-               "normalization": {"observations": config.obs_norm,
-                                 "actions": "minmax" if normalizer.act_low is not None else "none"}}
-    name = pathlib.Path(config.data).name or "recorded"
-    return PreparedData(dataset, pairs, preferences, train_index, heldout_index, normalizer,
-                        TaskData(name, training, summary), summary)
+                 base_url: str | None, should_stop: Callable[[], bool] | None = None) -> TaskData:
+    """The data stage on an already read dataset, outside a run (pairs -> labels -> split ->
+    normalisation); `.kept` is the `RecordedSplit`."""
+    source = RecordedSource(config, dataset, text)
+    return prepare_unit(source, Unit(source.name, config.data_seed, pathlib.Path()), choice, base_url, should_stop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +356,7 @@ def evaluate_in_env(config: OfflineConfig, act, seed: int) -> dict:
     return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns))}
 
 
-def make_evaluator(config: OfflineConfig, prepared: PreparedData, seed: int):
+def make_evaluator(config: OfflineConfig, prepared: RecordedSplit, seed: int):
     """The `pipeline.train.EvaluateFn` of recorded data: held-out accuracy (+ environment success)."""
     held = prepared.heldout_index
     rows = prepared.pairs.starts[held][..., None] + np.arange(prepared.pairs.length)
@@ -342,9 +386,6 @@ def make_evaluator(config: OfflineConfig, prepared: PreparedData, seed: int):
 # The whole run
 
 
-RESUME_COMMAND = "python experiments/offline.py --resume {run_dir}"
-
-
 def load_resumed_config(run_dir: pathlib.Path) -> OfflineConfig:
     config = load_stored_config(run_dir, OfflineConfig)
     if config.data is None:
@@ -360,80 +401,18 @@ def run_offline(config: OfflineConfig) -> dict:
     with `SystemExit` 130 or 143 and the resume command (`--resume RUN_DIR`), as on MetaWorld.
     """
     with stop_on_signals() as stop:
-        return _run_offline(config, stop)
-
-
-def _run_offline(config: OfflineConfig, stop) -> dict:
-    resume_dir = config.resume
-    if resume_dir is not None:
-        config = load_resumed_config(resume_dir)
-        print(f"resuming {resume_dir} with its stored config")
-    dataset, text, choice = check_inputs(config)  # every input error surfaces here
-    runs.check_writable(config.cache_dir)
-    stop.check()
-    if resume_dir is not None:
-        run_dir = resume_dir
-    else:
-        name = config.run_name or runs.default_run_name(pathlib.Path(config.data).name or "recorded")
-        run_dir = runs.create_run_dir(config.out_dir / name, config)
-    print(f"run directory: {run_dir}")
-    print(f"labeler: {choice.kind} ({choice.reason})")
-    with RunGuard(run_dir, RESUME_COMMAND.format(run_dir=run_dir), resumed=resume_dir is not None) as guard:
-        with vlm_server(config.vlm, choice, run_dir / "vllm.log") as base_url:
-            prepared = prepare_data(config, dataset, text, choice, base_url, should_stop=stop)
-        runs.write_json_atomic(run_dir / "data_and_labels.json", prepared.summary)
-        guard.training_started = True
-        results = _train_and_export(config, prepared, dataset, text, run_dir, stop)
-    table = format_offline_table(results)
-    (run_dir / "summary.md").write_text(table + "\n")
-    print("\n" + table)
-    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}; "
-          f"policies: {run_dir}/seed*/export/<method>/policy.npz")
+        config, resume_dir = resolve_resume(config, load_resumed_config, _EXECUTION_FIELDS)
+        results, run_dir = run_source(RecordedSource(config), stop, resume_dir=resume_dir)
+    print(f"policies: {run_dir}/seed*/export/<method>/policy.npz")
     return results
 
 
-def _train_and_export(config: OfflineConfig, prepared: PreparedData, dataset: RecordedDataset, text: str,
-                      run_dir: pathlib.Path, stop) -> dict:
-    """Every seed's BC phase and methods, each method's policy exported; writes results and curves."""
-    per_seed, curves = {}, {"held-out preference accuracy": {m: [] for m in config.method}}
-    if config.eval_env is not None:
-        curves[f"success in {config.eval_env}"] = {m: [] for m in config.method}
-    for seeds in config.seed_groups:
-        t0 = time.perf_counter()
-        trained = train_seeds(config, prepared.task, seeds, [run_dir / f"seed{seed}" for seed in seeds],
-                              evaluate_fns=[make_evaluator(config, prepared, seed) for seed in seeds],
-                              should_stop=stop, batched=config.batch_seeds)
-        for seed, result in zip(seeds, trained):
-            per_seed[seed] = {**result, "train_s": time.perf_counter() - t0}
-    for seed in config.seeds:
-        unit = run_dir / f"seed{seed}"
-        records = runs.MetricsLog(unit / "metrics.jsonl").read()
-        for method_name in config.method:
-            evals = method_evals(records, get_method(method_name))
-            for metric, key in (("held-out preference accuracy", "heldout_accuracy"),
-                                (f"success in {config.eval_env}", "success_rate")):
-                if metric in curves:
-                    curves[metric][method_name].append(
-                        [(r["step"], r[key]) for r in evals if r.get(key) is not None])
-            state = restore_final_state(config, prepared.task, method_name, seed, unit)
-            path = export_policy(get_method(method_name).policy_params(state), prepared.normalizer, unit / "export" / method_name, extra_meta={
-                "task_text": text, "method": method_name, "seed": seed,
-                "observation_names": dataset.card.get("observation_names"),
-                "action_names": dataset.card.get("action_names"),
-                "units": dataset.card.get("units")})
-            per_seed[seed]["methods"][method_name]["export"] = str(path.relative_to(run_dir))
-
-    results = summarize_offline(config, prepared, per_seed)
-    runs.write_json_atomic(run_dir / "results.json", results)
-    plotting.plot_learning_curves(curves, run_dir / "learning_curves.png", phase_switch_step=config.bc_steps,
-                                  ylabel="value")
-    return results
-
-
-def summarize_offline(config: OfflineConfig, prepared: PreparedData, per_seed: dict) -> dict:
+def summarize_offline(config: OfflineConfig, data_summary: dict, per_seed: dict) -> dict:
+    """results.json of a recorded-data run from the seeds finished so far (`per_seed[seed]`)."""
     methods = {}
+    finished = [s for s in config.seeds if s in per_seed]
     for name in config.method:
-        entries = [per_seed[s]["methods"][name] for s in config.seeds]
+        entries = [per_seed[s]["methods"][name] for s in finished]
         summary = {"per_seed": entries}
         for key in ("heldout_accuracy", "success_rate", "mean_return"):
             values = [e[key] for e in entries if e.get(key) is not None]
@@ -441,8 +420,8 @@ def summarize_offline(config: OfflineConfig, prepared: PreparedData, per_seed: d
                 summary[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
                                 "max": float(np.max(values)), "num_seeds": len(values)}
         methods[name] = summary
-    return {"data": str(config.data), "labeler": prepared.summary["labeler"],
-            "task_text": prepared.summary["task_text"], "labels": prepared.summary["labels"],
+    return {"data": str(config.data), "labeler": data_summary["labeler"],
+            "task_text": data_summary["task_text"], "labels": data_summary["labels"],
             "seeds": list(config.seeds), "methods": methods}
 
 

@@ -1,4 +1,5 @@
-"""The whole MetaWorld experiment for a resolved config: every stage, resumable, in one call."""
+"""The MetaWorld experiment: MetaWorld as a data source of the one pipeline (`pipeline.runner`),
+its data mesh, and reuse of finished runs by sweeps."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import pathlib
 
 import jax
 
-from plare_jax import plotting, runs, sharding, tracking
+from plare_jax import plotting, runs, sharding
 from plare_jax.interrupts import stop_on_signals
-from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
-from plare_jax.pipeline.data import prepare_task
-from plare_jax.pipeline.labels import choose_labeler
-from plare_jax.pipeline.lifecycle import RunGuard, load_stored_config, vlm_server
-from plare_jax.pipeline.results import eval_curves, format_table, summarize
 from plare_jax.methods import get_method
 from plare_jax.methods.plare import PLARE
-from plare_jax.pipeline.train import train_seeds
+from plare_jax.pipeline.config import ConfigError, ExperimentConfig, validate
+from plare_jax.pipeline.data import TaskData, prepare_unit, training_data
+from plare_jax.pipeline.labels import LabelerChoice, PairImages, choose_labeler, teacher_scores
+from plare_jax.pipeline.lifecycle import load_stored_config
+from plare_jax.pipeline.results import eval_curves, format_table, summarize
+from plare_jax.pipeline.runner import resolve_resume, run_source
+from plare_jax.pipeline.source import Unit
+from plare_jax.pipeline.train import metaworld_evaluator
 
 RESUME_COMMAND = "python experiments/metaworld.py --resume {run_dir}"
 
@@ -133,6 +136,117 @@ def run_or_reuse(experiment: ExperimentConfig) -> dict:
     return run(experiment)
 
 
+class MetaWorldSource:
+    """MetaWorld as a `pipeline.source.DataSource`: per task and data seed, collected offline data
+    with simulator states, keyframes re-rendered from them, the simulator's dense reward as the
+    scripted teacher's ground truth, and evaluation in the simulator."""
+
+    resume_command = RESUME_COMMAND
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.track = config.track
+
+    @property
+    def name(self) -> str:
+        return "-".join(self.config.env)
+
+    def check(self) -> LabelerChoice:
+        validate(self.config)
+        self.config.tasks  # raises UnknownTaskError
+        return choose_labeler(self.config)
+
+    def training_mesh(self) -> jax.sharding.Mesh | None:
+        return training_mesh(self.config)
+
+    def units(self, run_dir: pathlib.Path) -> list[Unit]:
+        config = self.config
+        return [Unit(task, data_seed, unit_dir(run_dir, task, data_seed),
+                     video_dir=run_dir / task if config.video and data_seed == config.data_seeds[0] else None)
+                for task in config.tasks for data_seed in config.data_seeds]
+
+    def load(self, unit: Unit, should_stop=None):
+        # MetaWorld is imported here, not at module level: recorded-data runs never import it.
+        from plare_jax.envs.collect import collect_dataset
+
+        config = self.config
+        # The other processes read the data process 0 cached, never collect again.
+        return collect_dataset(collection_config(config, unit.name, unit.data_seed), cache_dir=config.cache_dir / "datasets",
+                               workers=config.workers, recollect=config.recollect and sharding.is_primary(),
+                               should_stop=should_stop)
+
+    def goal_text(self, unit: Unit, choice: LabelerChoice) -> str:
+        # The scripted teacher reads no text: it gets the task id (asking for the text would warn
+        # about tasks without one).
+        if choice.kind == "scripted":
+            return unit.name
+        from plare_jax.envs.tasks import task_text
+
+        return task_text(unit.name, self.config.vlm.task_text)
+
+    def pair_images(self, dataset) -> PairImages:
+        """Keyframes re-rendered from the stored simulator states."""
+        config = self.config
+
+        def pair_images(pairs):
+            from plare_jax.envs.render import RenderConfig, render_pair_images
+
+            return render_pair_images(dataset, pairs, RenderConfig(num_keyframes=config.num_keyframes),
+                                      workers=config.workers)
+
+        return pair_images
+
+    def teacher_scores(self, dataset, pairs):
+        return teacher_scores(self.config, pairs)
+
+    def training_arrays(self, unit, dataset, pairs, preferences, report):
+        # pbc's oracle score per episode: the simulator's return (it reads ground truth by design).
+        return training_data(dataset, pairs, preferences, unsure=self.config.unsure,
+                             episode_scores=dataset.episode_returns), None
+
+    def describe(self, dataset, choice, kept) -> dict:
+        return {"dataset": dataset.card}
+
+    def evaluator(self, unit: Unit, kept, should_stop):
+        return lambda seeds: metaworld_evaluator(self.config, unit.name, unit.data_seed, seeds, should_stop)
+
+    def finish_seed(self, unit, data, seed, result) -> dict:
+        return result
+
+    def results(self, choice: LabelerChoice, summaries: dict, seed_results: dict) -> dict:
+        task_summaries, by_task = {}, {}
+        for unit, summary in summaries.items():
+            task_summaries.setdefault(unit.name, {})[unit.data_seed] = summary
+        for unit, per_seed in seed_results.items():
+            by_task.setdefault(unit.name, {}).update(((unit.data_seed, s), r) for s, r in per_seed.items())
+        return summarize(self.config, choice.kind, choice.reason, task_summaries, by_task)
+
+    def plot_curves(self, run_dir: pathlib.Path, units) -> pathlib.Path:
+        path = run_dir / "learning_curves.png"
+        plotting.plot_learning_curves(eval_curves(run_dir, self.config), path, phase_switch_step=self.config.bc_steps)
+        return path
+
+    def format_table(self, results: dict) -> str:
+        return format_table(results)
+
+
+def collection_config(config: ExperimentConfig, task: str, data_seed: int):
+    """The MetaWorld data collection of one task and data seed under these options."""
+    from plare_jax.envs.collect import CollectionConfig
+
+    return CollectionConfig(task=task, num_episodes=config.num_episodes, horizon=config.collection_horizon,
+                            seed=data_seed, stretch_prob=config.stretch_prob, decoy_prob=config.decoy_prob,
+                            misperceive_prob=config.misperceive_prob)
+
+
+def prepare_task(config: ExperimentConfig, choice: LabelerChoice, task: str, data_seed: int,
+                 base_url: str | None, should_stop=None) -> TaskData:
+    """Dataset -> pairs -> labels for one MetaWorld task and data seed (the pipeline's data stage,
+    outside a run: diagnostics, benchmarks); cached stages load in seconds."""
+    source = MetaWorldSource(config)
+    return prepare_unit(source, Unit(task, data_seed, pathlib.Path()), choice, base_url, should_stop)
+
+
 def run(config: ExperimentConfig) -> dict:
     """Data and labels per task, then every seed and method; writes the run directory.
 
@@ -142,90 +256,9 @@ def run(config: ExperimentConfig) -> dict:
     directory behind (the cached data and labels stay).
     """
     with stop_on_signals() as stop:
-        return _run(config, stop)
-
-
-def _run(config: ExperimentConfig, stop) -> dict:
-    execution = {name: getattr(config, name) for name in _EXECUTION_FIELDS}
-    resume_dir = config.resume
-    if resume_dir is not None:
         track = config.track
-        config = load_resumed_config(resume_dir)
-        if track:  # how a run is recorded may change on resume: --resume RUN --track ...
+        config, resume_dir = resolve_resume(config, load_resumed_config, _EXECUTION_FIELDS)
+        if resume_dir is not None and track:  # how a run is recorded may change on resume: --resume RUN --track ...
             config = dataclasses.replace(config, track=track)
-        print(f"resuming {resume_dir} with its stored config")
-        config = dataclasses.replace(config, **execution)
-    # Everything that can be wrong with the options fails here, before any work.
-    validate(config)
-    mesh = training_mesh(config)
-    # Multi-process: every process trains; process 0 alone writes the run directory, collects and
-    # labels (the others wait, then read its caches) and renders videos (runs.py: process-0 writes).
-    primary = sharding.is_primary()
-    tasks = config.tasks  # raises UnknownTaskError
-    runs.check_writable(config.cache_dir)
-    tracking.require(config.track)  # a missing tensorboardX/wandb fails here
-    choice = choose_labeler(config)
-    stop.check()
-    if resume_dir is not None:
-        run_dir = resume_dir
-    else:
-        # Process 0's name on every process (the default holds a timestamp).
-        name = sharding.broadcast_string(config.run_name or runs.default_run_name("-".join(config.env)))
-        run_dir = runs.create_run_dir(config.out_dir / name, config)  # process 0 creates it
-    sharding.barrier("run directory")
-    print(f"run directory: {run_dir}")
-    print(f"labeler: {choice.kind} ({choice.reason})")
-
-    launch_context = vlm_server(config.vlm, choice, run_dir / "vllm.log", enabled=primary)
-    task_summaries, seed_results = {}, {}
-    tracker = tracking.Tracker()  # --track none: drops everything
-
-    def close_tracker(exit_code: int) -> None:  # the tracker open when the run stops or fails
-        tracker.close(exit_code=exit_code)
-
-    with RunGuard(run_dir, RESUME_COMMAND.format(run_dir=run_dir), resumed=resume_dir is not None,
-                  primary=primary, on_exit=close_tracker) as guard:
-        datas = {}
-        # The other processes read the data and labels process 0 cached, never collect again.
-        data_config = config if primary else dataclasses.replace(config, recollect=False)
-        with launch_context as base_url:  # the VLM server lives only for the labeling stage
-            if not primary:
-                sharding.barrier("data stage")
-            for task in tasks:
-                task_summaries[task] = {}
-                for data_seed in config.data_seeds:
-                    data = prepare_task(data_config, choice, task, data_seed, base_url,
-                                        unit_dir(run_dir, task, data_seed), should_stop=stop)
-                    datas[task, data_seed] = data
-                    task_summaries[task][data_seed] = data.summary
-            if primary:
-                sharding.barrier("data stage")
-        tracker = tracking.open_tracker(config.track if primary else (), run_dir, config,  # process 0 writes
-                                        extra_config={"labeler": choice.kind})
-        for task in tasks:
-            seed_results[task] = {}
-            for data_seed in config.data_seeds:
-                for seeds in config.seed_groups:
-                    first_run = (data_seed, seeds[0]) == (config.data_seeds[0], config.seeds[0])
-                    guard.training_started = True
-                    seed_results[task].update(zip(((data_seed, s) for s in seeds), train_seeds(
-                        config, datas[task, data_seed], seeds, [unit_dir(run_dir, task, data_seed, s) for s in seeds],
-                        video_dir=run_dir / task if first_run and config.video and primary else None,
-                        should_stop=stop, trackers=[tracker.unit(task, data_seed, s) for s in seeds], mesh=mesh,
-                        batched=config.batch_seeds)))
-                    results = summarize(config, choice.kind, choice.reason, task_summaries,
-                                        seed_results)
-                    runs.write_json_atomic(run_dir / "results.json", results)
-                del datas[task, data_seed]  # free device memory before the next one
-        if primary:
-            plotting.plot_learning_curves(eval_curves(run_dir, config), run_dir / "learning_curves.png",
-                                          phase_switch_step=config.bc_steps)
-
-    table = format_table(results)
-    if primary:
-        (run_dir / "summary.md").write_text(table + "\n")
-    print("\n" + table)
-    tracker.log_results(results, table)
-    tracker.close()
-    print(f"\nresults: {run_dir / 'results.json'}; curves: {run_dir / 'learning_curves.png'}")
-    return results
+        results, _ = run_source(MetaWorldSource(config), stop, resume_dir=resume_dir)
+        return results
