@@ -217,7 +217,7 @@ def label_report(config: SharedOptions, choice: LabelerChoice, preferences: np.n
     missing labels are weight 0, so "plare" would be little more than BC; it stops here, before
     any training, rather than report that (the error says what to do).
     """
-    first_share = None if len(preferences) == 0 else label_agreement(preferences, preferences)["first_share"]
+    first_share = label_agreement(preferences, preferences)["first_share"]
     if scores is None:
         report = label_statistics(preferences, stats)
         report["first_share"] = first_share
@@ -235,7 +235,7 @@ def label_report(config: SharedOptions, choice: LabelerChoice, preferences: np.n
         if choice.kind == "scripted" and teacher_is_noise_free(config):
             # The labels are the teacher's own: agreement with it is 1 by construction, not a finding.
             report["accuracy_note"] = "labels are the scripted teacher's own; accuracy is 1 by construction"
-            print(f"{where} labels: scripted teacher ({getattr(config, 'teacher', 'progress')}), "
+            print(f"{where} labels: scripted teacher ({config.teacher}), "
                   f"{report['pairs']} pairs, unsure rate {report['unsure_rate']:.1%}")
         else:
             print(f"{where} labels ({choice.kind}):\n{format_report(report)}")

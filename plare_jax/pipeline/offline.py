@@ -115,7 +115,6 @@ class RecordedSplit:
     dataset: RecordedDataset
     pairs: SegmentPairs
     preferences: np.ndarray  # [P] in {0, 1, -1}
-    train_index: np.ndarray  # [P_train] indices into pairs
     heldout_index: np.ndarray  # [P_held] indices into pairs
     normalizer: Normalizer
 
@@ -219,7 +218,7 @@ class RecordedSource:
         training = training_data(normalized, pairs.take(train_index), preferences[train_index],
                                  unsure=config.unsure, episode_scores=episode_returns)
         report["heldout_pairs"] = int(len(heldout_index))
-        return training, RecordedSplit(dataset, pairs, preferences, train_index, heldout_index, normalizer)
+        return training, RecordedSplit(dataset, pairs, preferences, heldout_index, normalizer)
 
     def describe(self, dataset, choice, kept: RecordedSplit) -> dict:
         return {"dataset": {k: v for k, v in dataset.card.items() if k != "source"},
