@@ -74,7 +74,7 @@ class EquivalenceConfig:
 
 def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.data.recorded import load_recorded, recorded_pair_images
-    from plare_jax.envs.collect import CollectionConfig, collect_dataset
+    from plare_jax.envs.collect import collect_dataset
     from plare_jax.envs.evaluate import evaluate_policy
     from plare_jax.pipeline.train import evaluation_seed
     from plare_jax.envs.to_recorded import export_metaworld
@@ -84,7 +84,7 @@ def main(cfg: EquivalenceConfig) -> dict:
     from plare_jax.pipeline.labels import LabelerChoice
     from plare_jax.pipeline.offline import OfflineConfig, prepare_data, run_offline
     from plare_jax.pipeline.train import restore_final_state
-    from plare_jax.pipeline.run import prepare_task
+    from plare_jax.pipeline.run import collection_config, prepare_task
     from plare_jax.pipeline.run import run as run_metaworld
     from plare_jax.pipeline.run import unit_dir
     from plare_jax.envs.tasks import resolve_task
@@ -109,8 +109,8 @@ def main(cfg: EquivalenceConfig) -> dict:
     timings["metaworld_path_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    dataset = collect_dataset(CollectionConfig(task=task, num_episodes=cfg.num_episodes,
-                                               horizon=cfg.collection_horizon, seed=0),
+    # The MetaWorld run's own collection (same options, data seed 0), so both paths see one dataset.
+    dataset = collect_dataset(collection_config(mw_config, task, 0),
                               cache_dir=cfg.cache_dir / "datasets", workers=cfg.workers)
     recorded_dir = export_metaworld(dataset, cfg.out_dir / "data", workers=cfg.workers)
     timings["export_s"] = time.perf_counter() - t0
