@@ -31,7 +31,7 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 if __package__ in (None, ""):  # run as `python benchmarks/runs_per_hour.py`: make `benchmarks` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -59,7 +59,7 @@ class RunsPerHourConfig:
     """Methods of every run (default: the quick main job's, `experiments/metaworld.py --method plare rlvlmf sft bc`)."""
     bc_steps: int | None = None
     """BC-phase updates (default: the quick preset's 3000; 20 with --tiny)."""
-    cpl_steps: int | None = None
+    method_steps: Annotated[int | None, tyro.conf.arg(aliases=("--cpl-steps",))] = None
     """Second-phase updates of each method (default: the quick preset's 3000; 20 with --tiny)."""
     eval_episodes: int | None = None
     """Episodes of each periodic evaluation (default: the quick preset's 25; 2 with --tiny)."""
@@ -93,12 +93,12 @@ def experiment_config(cfg: RunsPerHourConfig, cache_dir: pathlib.Path, seeds: tu
                  method=tuple(cfg.method), cache_dir=cache_dir, batch_seeds=True)
     if cfg.tiny:
         sizes.update(env=("reach",), num_episodes=4, collection_horizon=60, num_pairs=24, segment_length=16,
-                     hidden_dims=(32, 32), batch_pairs=8, bc_batch_size=64, bc_steps=20, cpl_steps=20,
+                     hidden_dims=(32, 32), batch_pairs=8, bc_batch_size=64, bc_steps=20, method_steps=20,
                      metrics_every=10, eval_every=20, eval_episodes=2, final_eval_episodes=2, eval_horizon=30,
                      warmup_steps=5, workers=1,
                      methods=dataclasses.replace(MethodOptions(), rlvlmf=dataclasses.replace(
                          rlvlmf.QUICK, reward_steps=50, critic_pretrain_steps=50, batch_size=32)))
-    for name in ("bc_steps", "cpl_steps", "eval_episodes", "final_eval_episodes"):
+    for name in ("bc_steps", "method_steps", "eval_episodes", "final_eval_episodes"):
         if getattr(cfg, name) is not None:
             sizes[name] = getattr(cfg, name)
     config = dataclasses.replace(ExperimentConfig(), **sizes)

@@ -99,7 +99,7 @@ PAPER = dataclasses.replace(
     batch_pairs=96,
     bc_batch_size=96 * 64,
     bc_steps=200_000,
-    cpl_steps=300_000,
+    method_steps=300_000,
     metrics_every=1000,
     eval_every=5000,
     methods=dataclasses.replace(QUICK.methods, rlvlmf=rlvlmf.PAPER),

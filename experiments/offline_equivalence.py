@@ -24,6 +24,7 @@ import os
 import pathlib
 import sys
 import time
+from typing import Annotated
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
@@ -56,7 +57,7 @@ class EquivalenceConfig:
     """Policy MLP widths."""
     bc_steps: int = 1500
     """Shared BC-phase steps."""
-    cpl_steps: int = 1500
+    method_steps: Annotated[int, tyro.conf.arg(aliases=("--cpl-steps",))] = 1500
     """Second-phase steps."""
     eval_every: int = 1500
     """Evaluation period (steps)."""
@@ -95,7 +96,7 @@ def main(cfg: EquivalenceConfig) -> dict:
     methods = ("plare", "bc")
     shared = dict(method=methods, seeds=(cfg.seed,), labeler="scripted", num_pairs=cfg.num_pairs,
                   segment_length=cfg.segment_length, num_keyframes=cfg.num_keyframes,
-                  hidden_dims=cfg.hidden_dims, bc_steps=cfg.bc_steps, cpl_steps=cfg.cpl_steps,
+                  hidden_dims=cfg.hidden_dims, bc_steps=cfg.bc_steps, method_steps=cfg.method_steps,
                   eval_every=cfg.eval_every, cache_dir=cfg.cache_dir, out_dir=cfg.out_dir)
     timings = {}
 

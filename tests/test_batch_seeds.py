@@ -78,7 +78,7 @@ def test_batched_seeds_equal_their_one_at_a_time_runs_and_train_as_one_program(t
     windows = config.bc_steps // config.metrics_every
     expected = [("bc", 3, 3)] * windows  # the shared BC phase (BC_PHASE is the bc method)
     for name in METHODS:
-        steps = config.total_steps if name == "pbc" else config.cpl_steps
+        steps = config.total_steps if name == "pbc" else config.method_steps
         expected += [(name, 3, 3)] * (steps // config.metrics_every)
     assert calls == expected
     # rlvlmf's prepare ran once for the group: each seed's reward model and critics fully trained
@@ -95,7 +95,7 @@ def test_batched_seeds_equal_their_one_at_a_time_runs_and_train_as_one_program(t
 
 def test_an_interrupted_batched_run_resumes_from_per_seed_checkpoints(tmp_path):
     data = tiny_task_data()
-    config = tiny_config(method=("plare", "bc"), seeds=SEEDS, cpl_steps=40)
+    config = tiny_config(method=("plare", "bc"), seeds=SEEDS, method_steps=40)
     whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
     train_seeds(config, data, SEEDS, whole, evaluate_fns=[mean_action_evaluator] * 3)
 
@@ -119,7 +119,7 @@ def test_an_interrupted_batched_run_resumes_from_per_seed_checkpoints(tmp_path):
 
 def test_seeds_at_different_checkpoints_restart_from_the_step_they_share(tmp_path):
     data = tiny_task_data()
-    config = tiny_config(method=("plare",), seeds=SEEDS, cpl_steps=60)
+    config = tiny_config(method=("plare",), seeds=SEEDS, method_steps=60)
     whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
     train_seeds(config, data, SEEDS, whole, evaluate_fns=[mean_action_evaluator] * 3)
     killed = [tmp_path / "killed" / f"seed{s}" for s in SEEDS]

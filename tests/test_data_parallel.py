@@ -65,7 +65,7 @@ def tiny_task_data(seed: int = 0, num_episodes: int = 6, episode_len: int = 20, 
 
 def tiny_config(**overrides) -> ExperimentConfig:
     base = dict(method=("plare", "bc"), hidden_dims=HIDDEN, batch_pairs=4, bc_batch_size=64, warmup_steps=5,
-                learning_rate=1e-3, bc_steps=20, cpl_steps=20, metrics_every=10, eval_every=20, video=False,
+                learning_rate=1e-3, bc_steps=20, method_steps=20, metrics_every=10, eval_every=20, video=False,
                 segment_length=SEG)
     return dataclasses.replace(ExperimentConfig(), **{**base, **overrides})
 

@@ -149,7 +149,7 @@ class SyntheticSource:
 def tiny_options(tmp_path: pathlib.Path, **overrides) -> SharedOptions:
     return dataclasses.replace(SharedOptions(), **{
         **dict(method=("plare", "bc"), seeds=(0, 1), labeler="scripted", num_pairs=24, segment_length=5,
-               hidden_dims=(8, 8), batch_pairs=4, bc_batch_size=16, warmup_steps=2, bc_steps=20, cpl_steps=20,
+               hidden_dims=(8, 8), batch_pairs=4, bc_batch_size=16, warmup_steps=2, bc_steps=20, method_steps=20,
                metrics_every=10, eval_every=20, out_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
                run_name="toy"),
         **overrides})

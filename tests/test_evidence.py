@@ -73,8 +73,8 @@ def test_only_runs_of_the_same_protocol_join(tmp_path):
                                out_dir=tmp_path / "elsewhere", workers=1, teacher_noise="hard-pairs",
                                teacher_agreement=0.8)
     assert evidence.load(path, same)["points"]["clean"]
-    other = dataclasses.replace(CONFIG, cpl_steps=CONFIG.cpl_steps + 1, final_eval_episodes=25)
-    with pytest.raises(evidence.EvidenceError, match="cpl_steps: stored 3000, now 3001.*final_eval_episodes"):
+    other = dataclasses.replace(CONFIG, method_steps=CONFIG.method_steps + 1, final_eval_episodes=25)
+    with pytest.raises(evidence.EvidenceError, match="final_eval_episodes: stored 100, now 25; method_steps: stored 3000, now 3001"):
         evidence.load(path, other)
     robust = dataclasses.replace(CONFIG.methods.plare_robust, bias=0.25)
     with pytest.raises(evidence.EvidenceError, match="methods.plare_robust"):
@@ -114,7 +114,7 @@ def test_the_sweep_summarizes_from_the_evidence_file_alone(tmp_path, capsys):
     assert (tmp_path / "runs" / "noise-robustness" / "noise_robustness.png").exists()
     assert "hard-pairs@0.80 (0.795) | plare |" in capsys.readouterr().out
     # Another protocol is refused before anything is drawn.
-    other = dataclasses.replace(config, cpl_steps=config.cpl_steps + 100)
-    with pytest.raises(evidence.EvidenceError, match="cpl_steps"):
+    other = dataclasses.replace(config, method_steps=config.method_steps + 100)
+    with pytest.raises(evidence.EvidenceError, match="method_steps"):
         sweep.run_sweep(sweep.NoiseRobustnessConfig(noise_models=("hard-pairs",), agreements=(0.8,),
                                                     summarize_only=True, evidence=path, experiment=other))

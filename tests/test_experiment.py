@@ -22,7 +22,7 @@ SCRIPT = REPO / "experiments" / "metaworld.py"
 TINY = [
     "--env", "reach", "--num-episodes", "4", "--collection-horizon", "60", "--num-pairs", "24",
     "--segment-length", "16", "--hidden-dims", "32", "32", "--batch-pairs", "8",
-    "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20", "--metrics-every", "10",
+    "--bc-batch-size", "64", "--bc-steps", "20", "--method-steps", "20", "--metrics-every", "10",
     "--eval-every", "20", "--eval-episodes", "2", "--eval-horizon", "30", "--warmup-steps", "5",
     "--workers", "1", "--final-eval-episodes", "2",  # the default 100 would cost ~16 s per method
 ]
@@ -67,7 +67,7 @@ def test_paper_preset_sets_reference_settings():
     module = load_cli_module()
     config = module.parse_args(["--preset", "paper"])
     assert (config.num_pairs, config.segment_length, config.num_keyframes) == (10_000, 64, 3)
-    assert (config.bc_steps, config.cpl_steps, config.batch_pairs) == (200_000, 300_000, 96)
+    assert (config.bc_steps, config.method_steps, config.batch_pairs) == (200_000, 300_000, 96)
     assert config.hidden_dims == (512, 512)
     assert (config.alpha, config.bias, config.learning_rate, config.warmup_steps) == (0.1, 0.5, 1e-4, 10_000)
     assert (config.eval_episodes, config.eval_every) == (25, 5000)
@@ -227,7 +227,7 @@ def start_cli(args, tmp_path) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_stops_promptly_and_leaves_a_resumable_run(tmp_path, signum, exit_code):
-    args = [*TINY, "--bc-steps", "200", "--cpl-steps", "200", "--eval-every", "100",
+    args = [*TINY, "--bc-steps", "200", "--method-steps", "200", "--eval-every", "100",
             "--labeler", "scripted", "--run-name", "c", "--out-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--no-video"]
     proc = start_cli(args, tmp_path)
@@ -284,7 +284,7 @@ def test_corrupt_cached_dataset_is_a_short_error_and_recollect_repairs_it(tmp_pa
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04" + bytes(2000))  # a zip header, then nothing: a truncated file
     args = [*TINY, "--labeler", "scripted", "--out-dir", str(tmp_path / "runs"), "--cache-dir",
-            str(tmp_path / "cache"), "--no-video", "--bc-steps", "0", "--cpl-steps", "0"]
+            str(tmp_path / "cache"), "--no-video", "--bc-steps", "0", "--method-steps", "0"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
@@ -335,7 +335,7 @@ def test_label_stats_of_chunks_merge_into_one_report():
 # 6144), and every method. What a GPU user launches first is known to start and finish.
 PAPER_SHORTENED = ["--preset", "paper", "--env", "sweep-into", "--labeler", "scripted", "--seeds", "0",
                    "--method", "plare", "plare-robust", "rlvlmf", "sft", "bc", "pbc",
-                   "--bc-steps", "200", "--cpl-steps", "200", "--metrics-every", "100", "--eval-every", "200",
+                   "--bc-steps", "200", "--method-steps", "200", "--metrics-every", "100", "--eval-every", "200",
                    "--rlvlmf.reward-steps", "200", "--eval-episodes", "2", "--final-eval-episodes", "2",
                    "--eval-horizon", "50", "--no-video", "--workers", "2"]
 

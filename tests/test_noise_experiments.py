@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
     "--env", "reach", "--num-episodes", "4", "--collection-horizon", "60", "--num-pairs", "60",
     "--segment-length", "16", "--hidden-dims", "32", "32", "--batch-pairs", "8",
-    "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20", "--metrics-every", "10",
+    "--bc-batch-size", "64", "--bc-steps", "20", "--method-steps", "20", "--metrics-every", "10",
     "--eval-every", "20", "--eval-episodes", "2", "--final-eval-episodes", "4", "--eval-horizon", "30",
     "--warmup-steps", "5", "--workers", "1",
 ]

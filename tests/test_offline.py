@@ -21,7 +21,7 @@ from plare_jax.testing.loopback_server import LoopbackVLMServer
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "offline.py"
 TINY = ["--num-pairs", "40", "--segment-length", "10", "--hidden-dims", "16", "16", "--batch-pairs", "8",
-        "--bc-batch-size", "64", "--bc-steps", "40", "--cpl-steps", "40", "--metrics-every", "20",
+        "--bc-batch-size", "64", "--bc-steps", "40", "--method-steps", "40", "--metrics-every", "20",
         "--eval-every", "40", "--warmup-steps", "5", "--holdout-fraction", "0.25"]
 
 
@@ -159,7 +159,7 @@ def test_scripted_run_end_to_end_with_export(tmp_path):
     from plare_jax.pipeline.train import restore_final_state
 
     config = OfflineConfig(data=data, labeler="scripted", num_pairs=40, segment_length=10, hidden_dims=(16, 16),
-                           batch_pairs=8, bc_batch_size=64, bc_steps=40, cpl_steps=40, metrics_every=20,
+                           batch_pairs=8, bc_batch_size=64, bc_steps=40, method_steps=40, metrics_every=20,
                            eval_every=40, warmup_steps=5, holdout_fraction=0.25)
     ds = load_recorded(data)
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
@@ -200,7 +200,7 @@ def test_recorded_path_reproduces_the_metaworld_path(tmp_path):
     equivalence = importlib.import_module("experiments.offline_equivalence")
     config = equivalence.EquivalenceConfig(
         env="drawer-open", num_episodes=4, collection_horizon=80, num_pairs=40, segment_length=16,
-        hidden_dims=(32, 32), bc_steps=100, cpl_steps=100, eval_every=100, eval_episodes=2, image_pairs=5,
+        hidden_dims=(32, 32), bc_steps=100, method_steps=100, eval_every=100, eval_episodes=2, image_pairs=5,
         out_dir=tmp_path / "eq", cache_dir=tmp_path / "cache", workers=1)
     summary = equivalence.main(config)
     assert summary["checks"] == {"same_pairs": True, "same_labels": True, "same_training_arrays": True,
@@ -278,7 +278,7 @@ def test_every_registered_method_trains_and_exports(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert list(results["methods"]) == methods
     config = OfflineConfig(data=data, method=tuple(methods), num_pairs=40, segment_length=10, hidden_dims=(16, 16),
-                           batch_pairs=8, bc_batch_size=64, bc_steps=40, cpl_steps=40, metrics_every=20,
+                           batch_pairs=8, bc_batch_size=64, bc_steps=40, method_steps=40, metrics_every=20,
                            eval_every=40, warmup_steps=5, holdout_fraction=0.25)
     ds = load_recorded(data)
     prepared = prepare_data(config, ds, ds.task_text, LabelerChoice("scripted", "test"), None)
@@ -318,7 +318,7 @@ def test_vlm_launch_options_reach_the_launcher_on_recorded_data(tmp_path):
 def test_ctrl_c_on_recorded_data_exits_130_and_the_resume_command_finishes_the_run(tmp_path):
     data = toy_dataset(tmp_path / "data")
     args = ["--data", str(data), "--run-name", "c", "--out-dir", "runs", "--cache-dir", "cache", *TINY,
-            "--bc-steps", "400", "--cpl-steps", "400", "--eval-every", "100"]
+            "--bc-steps", "400", "--method-steps", "400", "--eval-every", "100"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("PLARE_VLM_BASE_URL", None)
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=env,

@@ -91,7 +91,7 @@ def test_curves_merge_runs_and_need_run_directories(tmp_path, capsys):
     made = []
     for name, method, success in (("first", "plare", 0.6), ("second", "bc", 0.3)):
         run_dir = tmp_path / name
-        config = ExperimentConfig(env=("reach",), method=(method,), bc_steps=20, cpl_steps=20)
+        config = ExperimentConfig(env=("reach",), method=(method,), bc_steps=20, method_steps=20)
         runs.create_run_dir(run_dir, config)
         (run_dir / "reach-v3" / "data0" / "seed0").mkdir(parents=True)
         log = runs.MetricsLog(run_dir / "reach-v3" / "data0" / "seed0" / "metrics.jsonl")

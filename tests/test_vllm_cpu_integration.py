@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm_cpu]
 TINY = [
     "--env", "reach", "--method", "plare", "--num-episodes", "4", "--collection-horizon", "60",
     "--num-pairs", str(NUM_PAIRS), "--segment-length", "16", "--hidden-dims", "32", "32",
-    "--batch-pairs", "8", "--bc-batch-size", "64", "--bc-steps", "20", "--cpl-steps", "20",
+    "--batch-pairs", "8", "--bc-batch-size", "64", "--bc-steps", "20", "--method-steps", "20",
     "--metrics-every", "10", "--eval-every", "20", "--eval-episodes", "2", "--eval-horizon", "30",
     "--final-eval-episodes", "2", "--warmup-steps", "5", "--workers", "1", "--no-video",
     "--labeler", "vlm", "--vlm.concurrency", str(NUM_PAIRS), *VLM_SPEED_ARGS,

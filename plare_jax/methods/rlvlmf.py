@@ -121,7 +121,7 @@ class RLVLMFOptions:
     schedule_steps: int = 6000
     """Length of the actor's learning-rate schedule: the policy config's linear warm-up
     (`warmup_steps`, as at the other methods' phase switch), then a cosine decay to 0 at this
-    step. The experiment sets it to the run's IQL update budget (--bc-steps + --cpl-steps),
+    step. The experiment sets it to the run's IQL update budget (--bc-steps + --method-steps),
     whatever is given here. Critic and value learning rates are constant, as in IQL."""
     batch_size: int = 256
     """Transitions per IQL update."""
@@ -302,11 +302,11 @@ class RLVLMF:
     oracle: bool = False
     default_options: RLVLMFOptions = QUICK
     options_help: str = ("The rlvlmf baseline (reward model + IQL); its actor follows --hidden-dims and "
-                         "--dropout-rate, and its schedule spans the run's --bc-steps + --cpl-steps IQL updates.")
+                         "--dropout-rate, and its schedule spans the run's --bc-steps + --method-steps IQL updates.")
     batch_limitation: str = ""  # prepare takes a stacked group's state; train traces under vmap
 
     def options_for_run(self, options: RLVLMFOptions, *, total_steps: int) -> RLVLMFOptions:
-        """The learning-rate schedule spans the run's whole budget (--bc-steps + --cpl-steps)."""
+        """The learning-rate schedule spans the run's whole budget (--bc-steps + --method-steps)."""
         return dataclasses.replace(options, schedule_steps=max(1, total_steps))
 
     def create(self, key: jax.Array, policy_config: LearnerConfig, data: TrainingData, *,

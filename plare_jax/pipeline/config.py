@@ -110,8 +110,8 @@ class SharedOptions:
     method: tuple[MethodName, ...] = ("plare", "bc")
     """Methods to train, all on the same data, pairs and labels. plare (CPL) and plare-robust,
     rlvlmf (reward model + IQL), sft (BC on preferred segments) and bc (keeps cloning, labels
-    unused) continue one shared BC phase with --cpl-steps updates each; pbc starts from scratch
-    with bc-steps + cpl-steps updates and reads the simulator's (or the data's stored) returns: an
+    unused) continue one shared BC phase with --method-steps updates each; pbc starts from scratch
+    with bc-steps + method-steps updates and reads the simulator's (or the data's stored) returns: an
     oracle reference, not a competitor."""
     seeds: Annotated[tuple[int, ...], tyro.conf.arg(aliases=("--seed",))] = (0,)
     """Training/evaluation seeds; results report mean, sample std and a 95% interval over them."""
@@ -173,8 +173,10 @@ class SharedOptions:
     """CPL conservative bias lambda (< 1 keeps the loss strictly convex)."""
     bc_steps: int = 3000
     """Behaviour-cloning update steps (phase 1)."""
-    cpl_steps: int = 3000
-    """CPL update steps (phase 2); bc and sft run as many second-phase steps."""
+    # Named cpl_steps until 2026-12-08, though every method runs them; the old flag still works.
+    method_steps: Annotated[int, tyro.conf.arg(aliases=("--cpl-steps",))] = 3000
+    """Each method's own updates after the shared BC phase (plare's CPL, rlvlmf's IQL, sft's and bc's
+    cloning; pbc, from scratch, runs bc-steps + method-steps). --cpl-steps is its former name."""
     metrics_every: int = 100
     """Training metrics are averaged and fetched from the device every this many steps."""
     batch_seeds: bool = False
@@ -207,7 +209,7 @@ class SharedOptions:
 
     @property
     def total_steps(self) -> int:
-        return self.bc_steps + self.cpl_steps
+        return self.bc_steps + self.method_steps
 
     @property
     def seed_groups(self) -> list[tuple[int, ...]]:
@@ -339,7 +341,7 @@ def validate_updates(config) -> None:
                  "metrics_every", "eval_every", "eval_episodes", "eval_horizon"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("bc_steps", "cpl_steps"):
+    for name in ("bc_steps", "method_steps"):
         value = getattr(config, name)
         if value < 0 or value % config.metrics_every:
             raise ConfigError(
@@ -435,6 +437,8 @@ def validate(config: ExperimentConfig) -> None:
 
 
 _PATH_FIELDS = ("out_dir", "cache_dir", "resume", "data")
+# Old option name -> new, for config.json files and evidence protocols written before a rename.
+RENAMED_FIELDS = {"cpl_steps": "method_steps"}
 
 
 def config_from_dict(values: dict, cls: type | None = None):
@@ -448,6 +452,8 @@ def config_from_dict(values: dict, cls: type | None = None):
     for name, value in values.items():
         if name == "teacher_mistake_rate":  # written before --teacher-noise existed (both experiments)
             name = "teacher_noise_level"
+        elif name in RENAMED_FIELDS:
+            name = RENAMED_FIELDS[name]
         elif legacy and name == "data_seed":
             name, value = "data_seeds", (value,)
         if name in _METHOD_OPTION_FIELDS and "methods" in fields and name not in fields:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from plare_jax import runs
 from plare_jax.errors import PlareError
-from plare_jax.pipeline.config import ExperimentConfig
+from plare_jax.pipeline.config import RENAMED_FIELDS, ExperimentConfig
 
 VERSION = 1
 
@@ -54,6 +54,8 @@ def load(path: pathlib.Path, config: ExperimentConfig) -> dict:
     evidence = runs.read_json(path)
     if not isinstance(evidence, Mapping) or evidence.get("version") != VERSION or "points" not in evidence:
         raise EvidenceError(f"{path}: not an evidence file of version {VERSION}")
+    # Protocols written before an option was renamed name it by its old name.
+    evidence = {**evidence, "protocol": {RENAMED_FIELDS.get(k, k): v for k, v in evidence["protocol"].items()}}
     check_protocol(evidence, config, where=str(path))
     return evidence
 

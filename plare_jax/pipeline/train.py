@@ -395,7 +395,7 @@ def _train_group(config: SharedOptions, data: TaskData, group: SeedGroup, evalua
     for method in methods:
         t0 = time.perf_counter()
         if method.starts_from_bc_phase:
-            start_step, num_steps = config.bc_steps, config.cpl_steps
+            start_step, num_steps = config.bc_steps, config.method_steps
         else:
             start_step, num_steps = 0, config.total_steps
         state = group.join([create_state(config, data, method, seed, init=init)
@@ -407,7 +407,7 @@ def _train_group(config: SharedOptions, data: TaskData, group: SeedGroup, evalua
         timings[f"{method.name}_s"] = time.perf_counter() - t0
         states = group.split(state)
         missing = [i for i, log in enumerate(group.logs) if not method_evals(log.read(), method)]
-        if missing:  # a branch that ran no steps (e.g. --cpl-steps 0)
+        if missing:  # a branch that ran no steps (e.g. --method-steps 0)
             fresh = evaluate_fn([method.policy_fn(s) for s in states], None, final=True)
         for i, (log, seed_state) in enumerate(zip(group.logs, states)):
             evals = method_evals(log.read(), method)
