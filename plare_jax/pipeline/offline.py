@@ -228,7 +228,9 @@ class RecordedSource:
                                   "actions": "minmax" if kept.normalizer.act_low is not None else "none"}}
 
     def evaluator(self, unit: Unit, kept: RecordedSplit, should_stop):
-        return lambda seeds: per_seed_evaluator([make_evaluator(self.config, kept, seed) for seed in seeds])
+        heldout = heldout_arrays(kept)  # once per unit: the held-out segments are the same for every seed
+        return lambda seeds: per_seed_evaluator([make_evaluator(self.config, kept, seed, heldout)
+                                                 for seed in seeds])
 
     def finish_seed(self, unit: Unit, data: TaskData, seed: int, result: dict) -> dict:
         """Exports each method's final policy (policy.npz + plare_policy.py, numpy only)."""
@@ -355,13 +357,21 @@ def evaluate_in_env(config: OfflineConfig, act, seed: int) -> dict:
     return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns))}
 
 
-def make_evaluator(config: OfflineConfig, prepared: RecordedSplit, seed: int):
-    """The `pipeline.train.EvaluateFn` of recorded data: held-out accuracy (+ environment success)."""
+def heldout_arrays(prepared: RecordedSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The held-out pairs' normalised observations [H, 2, T, obs], policy actions and labels."""
     held = prepared.heldout_index
     rows = prepared.pairs.starts[held][..., None] + np.arange(prepared.pairs.length)
-    heldout_obs = prepared.normalizer.observations(prepared.dataset.observations[rows])
-    heldout_act = prepared.normalizer.actions_to_policy(prepared.dataset.actions[rows])
-    heldout_prefs = prepared.preferences[held]
+    return (prepared.normalizer.observations(prepared.dataset.observations[rows]),
+            prepared.normalizer.actions_to_policy(prepared.dataset.actions[rows]),
+            prepared.preferences[held])
+
+
+def make_evaluator(config: OfflineConfig, prepared: RecordedSplit, seed: int,
+                   heldout: tuple[np.ndarray, np.ndarray, np.ndarray]):
+    """The `pipeline.train.EvaluateFn` of recorded data: held-out accuracy (+ environment success);
+    `heldout` is `heldout_arrays(prepared)`, computed once for all seeds."""
+    heldout_obs, heldout_act, heldout_prefs = heldout
+    held = prepared.heldout_index
 
     def evaluate_fn(policy_fn, video_path, *, final: bool = False) -> dict:
         del video_path, final  # nothing to film without a simulator; every evaluation is the same
