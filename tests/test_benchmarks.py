@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from tests.hang_guard import HANG_GUARD_S
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -27,13 +29,13 @@ def _has(module: str) -> bool:
         return False
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     # As a user runs them: no PYTHONPATH needed for `benchmarks` (the scripts find it themselves);
     # PYTHONPATH is kept only so that this checkout's plare_jax is the one imported.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -41,7 +43,7 @@ def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.Comp
 
 @pytest.mark.parametrize("script", ["training.py", "labeling.py", "methods.py"])
 def test_every_option_has_help(script):
-    out = run_script(script, "--help", timeout=120).stdout
+    out = run_script(script, "--help").stdout
     for option in ("--tiny", "--out", "--seed"):
         assert option in out
     # tyro prints the attribute docstring under each option; an option without one shows no text.
@@ -188,7 +190,7 @@ def test_cpu_share_sees_another_busy_process():
 
 def test_peak_memory_counts_the_whole_process_tree(tmp_path):
     out = tmp_path / "memory.json"
-    run_script("peak_memory.py", "--tiny", "--out", str(out), timeout=120)
+    run_script("peak_memory.py", "--tiny", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["exit_code"] == 0 and result["peak_processes"] >= 3  # the child and its 2 workers
     # 3 x 100 MiB held at once; the main process alone holds ~100 of them
@@ -251,7 +253,7 @@ def test_gpu_check_tiny_writes_one_json_with_training_seeds_and_projection(tmp_p
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "unused")}
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert proc.returncode == 0, f"gpu_check.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     payload = json.loads(out.read_text())

@@ -29,6 +29,7 @@ from plare_jax.pipeline.data import TaskData
 from plare_jax.pipeline.run import run, training_mesh
 from plare_jax.pipeline.train import train_seed
 from plare_jax.sharding import experiment_mesh, make_data_mesh
+from tests.hang_guard import HANG_GUARD_S
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 O, A = 4, 2
@@ -230,7 +231,7 @@ def test_training_stage_on_two_forced_cpu_devices_splits_each_batch_and_matches_
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
     assert out["mesh_devices"] == [0, 1]

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from plare_jax.pipeline.config import VLMOptions
+from tests.hang_guard import HANG_GUARD_S
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "metaworld.py"
@@ -28,12 +29,12 @@ TINY = [
 ]
 
 
-def run_cli(args, tmp_path, *, env=None, timeout=600):
+def run_cli(args, tmp_path, *, env=None):
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.pop("PLARE_VLM_BASE_URL", None)
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=tmp_path, env=full_env, capture_output=True,
-        text=True, timeout=timeout)
+        text=True, timeout=HANG_GUARD_S)
 
 
 def load_cli_module():
@@ -93,7 +94,7 @@ def test_paper_preset_sets_reference_settings():
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):
-    proc = run_cli([*args, "--out-dir", str(tmp_path / "runs")], tmp_path, timeout=600)  # a hang guard
+    proc = run_cli([*args, "--out-dir", str(tmp_path / "runs")], tmp_path)  # a hang guard
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -103,7 +104,7 @@ def test_bad_input_fails_fast_with_clear_message(tmp_path, args, message):
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    proc = run_cli(["--out-dir", str(blocker / "runs")], tmp_path, timeout=120)
+    proc = run_cli(["--out-dir", str(blocker / "runs")], tmp_path)
     assert proc.returncode == 2
     assert "not writable" in proc.stderr
 
@@ -238,7 +239,7 @@ def test_a_signal_during_training_stops_promptly_and_leaves_a_resumable_run(tmp_
         time.sleep(0.2)
     proc.send_signal(signum)
     # A run that ignored the signal trains to the end and exits 0: the exit code catches it.
-    _, stderr = proc.communicate(timeout=120)  # a hang guard, not a speed check
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)  # a hang guard, not a speed check
     assert proc.returncode == exit_code, stderr[-3000:]
     assert "--resume" in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr
     assert not (tmp_path / "runs" / "c" / "results.json").exists()
@@ -260,7 +261,7 @@ def test_ctrl_c_before_training_leaves_no_run_directory(tmp_path):
             break
     assert (tmp_path / "runs" / "early").is_dir()
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 130, stderr[-3000:]
     assert "nothing to resume" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "runs" / "early").exists()
@@ -345,7 +346,7 @@ def test_paper_preset_runs_end_to_end_with_only_its_update_counts_shortened(tmp_
     import resource
 
     proc = run_cli([*PAPER_SHORTENED, "--run-name", "paper", "--out-dir", str(tmp_path / "runs"),
-                    "--cache-dir", str(tmp_path / "cache")], tmp_path, timeout=1500)
+                    "--cache-dir", str(tmp_path / "cache")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "paper"
     config = json.loads((run_dir / "config.json").read_text())

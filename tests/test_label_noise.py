@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from plare_jax.pipeline.results import run_statistics
+from tests.hang_guard import HANG_GUARD_S
 from tests.test_experiment import TINY
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +22,7 @@ SCRIPT = REPO / "experiments" / "label_noise.py"
 def run_sweep(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_rejects_rates_above_one_half(tmp_path):

@@ -23,6 +23,7 @@ from plare_jax.methods import pbc as pbc_module
 from plare_jax.methods import rlvlmf as rlvlmf_module
 from plare_jax.methods import sft as sft_module
 from plare_jax.methods.base import TrainingData
+from tests.hang_guard import HANG_GUARD_S
 
 O, A = 3, 1
 POLICY = LearnerConfig(hidden_dims=(32, 32), dropout_rate=0.0, warmup_steps=10, learning_rate=3e-3,
@@ -496,7 +497,7 @@ def test_rlvlmf_on_two_forced_cpu_devices_matches_one_device():
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_SCRIPT], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
     assert out["all_reduce"], "the 2-device IQL update should all-reduce its gradients"

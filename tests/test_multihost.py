@@ -19,9 +19,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.hang_guard import HANG_GUARD_S
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO_ROOT / "tests" / "multihost_worker.py"
-TIMEOUT_S = 300
+TIMEOUT_S = HANG_GUARD_S
 
 
 def free_port() -> int:

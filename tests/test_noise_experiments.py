@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.hang_guard import HANG_GUARD_S
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
     "--env", "reach", "--num-episodes", "4", "--collection-horizon", "60", "--num-pairs", "60",
@@ -25,7 +27,7 @@ def run_script(name, args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PLARE_VLM_BASE_URL", None)
     return subprocess.run([sys.executable, str(REPO / "experiments" / name), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def load(name):

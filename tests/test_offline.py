@@ -17,6 +17,7 @@ import pytest
 from plare_jax.data.recorded import make_card, save_recorded
 from plare_jax.testing.fake_vllm import write_fake_vllm
 from plare_jax.testing.loopback_server import LoopbackVLMServer
+from tests.hang_guard import HANG_GUARD_S
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "offline.py"
@@ -51,11 +52,11 @@ def toy_dataset(root, *, rewards=True, episodes=6, length=30, seed=0):
     return root
 
 
-def run_cli(args, cwd, *, timeout=600):
+def run_cli(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PLARE_VLM_BASE_URL", None)
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=HANG_GUARD_S)
 
 
 def in_process(args):
@@ -224,7 +225,7 @@ def test_recorded_path_never_imports_the_simulator(tmp_path):
         str(REPO), ["--data", str(data), "--out-dir", str(tmp_path / "runs"), *TINY])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -304,7 +305,7 @@ def test_vlm_launch_options_reach_the_launcher_on_recorded_data(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAKE_VLLM_RECORD": str(record)}
     env.pop("PLARE_VLM_BASE_URL", None)
     proc = subprocess.run([sys.executable, str(SCRIPT), *env_args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     argv = json.loads(record.read_text())["argv"]
     assert argv[:2] == ["serve", "fake/vlm"]
@@ -330,7 +331,7 @@ def test_ctrl_c_on_recorded_data_exits_130_and_the_resume_command_finishes_the_r
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     # A run that ignored the signal trains to the end and exits 0: the exit code catches it.
-    _, stderr = proc.communicate(timeout=120)  # a hang guard, not a speed check
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)  # a hang guard, not a speed check
     assert proc.returncode == 130, stderr[-3000:]
     assert "python experiments/offline.py --resume runs/c" in stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hang_guard import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
@@ -146,8 +148,8 @@ def installed_env(tmp_path_factory):
     return env
 
 
-def run_documented(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def run_documented(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, f"`python {' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc
 
@@ -159,7 +161,7 @@ HELP_FORMS = sorted({argv[0] for _, argv in SCRIPT_COMMANDS}) + sorted(
 
 @pytest.mark.parametrize("target", HELP_FORMS)
 def test_help_runs_from_a_fresh_install(target, installed_env):
-    out = run_documented([*target.split(), "--help"], installed_env, timeout=180).stdout
+    out = run_documented([*target.split(), "--help"], installed_env).stdout
     assert "usage" in out.lower() and "--" in out
 
 
@@ -190,7 +192,7 @@ TINY_COMMANDS = [
 @pytest.mark.parametrize("doc,argv", TINY_COMMANDS, ids=[_id(c) for c in TINY_COMMANDS])
 def test_benchmark_commands_run_tiny(doc, argv, installed_env, tmp_path):
     out = tmp_path / "result.json"
-    proc = run_documented(_tiny_form(argv, out), installed_env, timeout=600)
+    proc = run_documented(_tiny_form(argv, out), installed_env)
     assert out.is_file() and "|" in proc.stdout  # wrote its JSON and printed its table
 
 
@@ -203,7 +205,7 @@ def test_readme_library_snippet_runs_as_written(installed_env, tmp_path):
     script = tmp_path / "snippet.py"
     script.write_text(snippet)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=installed_env, capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
+                          text=True, timeout=HANG_GUARD_S)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     loss = float(re.search(r"CPL loss ([0-9.]+)", proc.stdout).group(1))
     assert loss > 0 and "gradient shape (39, 4)" in proc.stdout

@@ -24,6 +24,7 @@ from plare_jax.sharding import (
     make_data_mesh,
     replicate,
 )
+from tests.hang_guard import HANG_GUARD_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_two_forced_cpu_devices_match_one_device():
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, "-c", TWO_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", TWO_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
@@ -170,7 +171,7 @@ def test_initialize_distributed_only_when_the_environment_asks(flag, expected):
         env["PLARE_DISTRIBUTED"] = flag
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", DISTRIBUTED_SCRIPT], env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"RESULT {expected}" in proc.stdout

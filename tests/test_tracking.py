@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 
+from tests.hang_guard import HANG_GUARD_S
 from tests.test_experiment import REPO, SCRIPT, TINY
 
 # The CLI under a wrapper: `HIDE` names modules made unimportable first (a missing library), and
@@ -38,7 +39,7 @@ def run_wrapped(args, tmp_path, *, hide=(), report=("wandb", "tensorboardX"), en
     env.pop("PLARE_VLM_BASE_URL", None)
     payload = json.dumps([list(hide), list(report), [str(SCRIPT), *args]])
     proc = subprocess.run([sys.executable, "-c", _WRAPPER, payload], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("IMPORTED ")]
     imported = json.loads(lines[-1].removeprefix("IMPORTED ")) if lines else None
     return proc, imported
@@ -172,7 +173,7 @@ tracking.require(("tensorboard",))  # the check above can see an import
 print(sorted(m for m in ("wandb", "tensorboardX") if m in sys.modules))
 """
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-2:] == ["[]", "['tensorboardX']"]
     assert list(tmp_path.iterdir()) == []  # --track none writes nothing
