@@ -18,7 +18,8 @@ from plare_jax.methods.bc import BC
 from plare_jax.pipeline import train as train_stage
 from plare_jax.pipeline.config import ConfigError, MethodOptions, validate
 from plare_jax.pipeline.run import training_mesh
-from plare_jax.pipeline.train import checkpoint_dir, restore_final_state, train_seed, train_seeds
+from plare_jax.pipeline.train import (checkpoint_dir, per_seed_evaluator, restore_final_state, train_seed,
+                                      train_seeds)
 
 from test_data_parallel import mean_action_evaluator, tiny_config, tiny_task_data
 
@@ -32,6 +33,11 @@ RLVLMF = dataclasses.replace(rlvlmf.QUICK, reward_steps=1200, critic_pretrain_st
                              reward_batch_pairs=4, reward_hidden_dims=(16,), critic_hidden_dims=(16,),
                              value_hidden_dims=(16,))
 
+
+
+def same_evaluator(seeds):
+    """Every seed evaluated by `mean_action_evaluator` (the `train_seeds` evaluator factory)."""
+    return per_seed_evaluator([mean_action_evaluator] * len(seeds))
 
 def policy_leaves(config, data, method, seed, unit) -> list[np.ndarray]:
     state = restore_final_state(config, data, method, seed, unit)
@@ -72,7 +78,7 @@ def test_batched_seeds_equal_their_one_at_a_time_runs_and_train_as_one_program(t
 
     monkeypatch.setattr(train_stage, "_train_stacked", spy)
     batched = [tmp_path / "batched" / f"seed{s}" for s in SEEDS]
-    results = train_seeds(config, data, SEEDS, batched, evaluate_fns=[mean_action_evaluator] * 3)
+    results = train_seeds(config, data, SEEDS, batched, evaluator=same_evaluator)
 
     # One call per metrics window and branch, each advancing all three seeds (stacked leaves [3, ...]).
     windows = config.bc_steps // config.metrics_every
@@ -97,7 +103,7 @@ def test_an_interrupted_batched_run_resumes_from_per_seed_checkpoints(tmp_path):
     data = tiny_task_data()
     config = tiny_config(method=("plare", "bc"), seeds=SEEDS, method_steps=40)
     whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
-    train_seeds(config, data, SEEDS, whole, evaluate_fns=[mean_action_evaluator] * 3)
+    train_seeds(config, data, SEEDS, whole, evaluator=same_evaluator)
 
     # Stop in plare's second evaluation chunk (the stop flag is read after every window and every
     # evaluation: 2 + 1 in the BC phase, then plare's windows to 40, its evaluation, one window more).
@@ -109,11 +115,11 @@ def test_an_interrupted_batched_run_resumes_from_per_seed_checkpoints(tmp_path):
         return len(checks) > 6
 
     with pytest.raises(StopRequested):
-        train_seeds(config, data, SEEDS, resumed, evaluate_fns=[mean_action_evaluator] * 3, should_stop=stop_late)
+        train_seeds(config, data, SEEDS, resumed, evaluator=same_evaluator, should_stop=stop_late)
     saved = [ckpt.latest_step(ckpt.make_checkpoint_manager(checkpoint_dir(u, "plare"))) for u in resumed]
     assert saved == [40, 40, 40]  # every seed's plare checkpoint, none of bc's yet
     assert not any((u / "checkpoints" / "bc").exists() for u in resumed)
-    train_seeds(config, data, SEEDS, resumed, evaluate_fns=[mean_action_evaluator] * 3)
+    train_seeds(config, data, SEEDS, resumed, evaluator=same_evaluator)
     assert_same_runs(config, data, whole, resumed, exact=True)
 
 
@@ -121,9 +127,9 @@ def test_seeds_at_different_checkpoints_restart_from_the_step_they_share(tmp_pat
     data = tiny_task_data()
     config = tiny_config(method=("plare",), seeds=SEEDS, method_steps=60)
     whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
-    train_seeds(config, data, SEEDS, whole, evaluate_fns=[mean_action_evaluator] * 3)
+    train_seeds(config, data, SEEDS, whole, evaluator=same_evaluator)
     killed = [tmp_path / "killed" / f"seed{s}" for s in SEEDS]
-    train_seeds(config, data, SEEDS, killed, evaluate_fns=[mean_action_evaluator] * 3)
+    train_seeds(config, data, SEEDS, killed, evaluator=same_evaluator)
     # As if killed between the saves of plare's last round: seed 1 kept only up to step 60 of 80.
     for unit in killed:
         (unit / "result.json").unlink()
@@ -131,7 +137,7 @@ def test_seeds_at_different_checkpoints_restart_from_the_step_they_share(tmp_pat
     assert manager.all_steps() == [60, 80]
     manager.delete(80)
     manager.close()
-    train_seeds(config, data, SEEDS, killed, evaluate_fns=[mean_action_evaluator] * 3)
+    train_seeds(config, data, SEEDS, killed, evaluator=same_evaluator)
     for unit in killed:
         manager = ckpt.make_checkpoint_manager(checkpoint_dir(unit, "plare"), max_to_keep=2)
         assert manager.latest_step() == 80

@@ -371,12 +371,11 @@ def make_evaluator(config: OfflineConfig, prepared: RecordedSplit, seed: int,
     """The `pipeline.train.EvaluateFn` of recorded data: held-out accuracy (+ environment success);
     `heldout` is `heldout_arrays(prepared)`, computed once for all seeds."""
     heldout_obs, heldout_act, heldout_prefs = heldout
-    held = prepared.heldout_index
 
     def evaluate_fn(policy_fn, video_path, *, final: bool = False) -> dict:
         del video_path, final  # nothing to film without a simulator; every evaluation is the same
         result = {}
-        if len(held):
+        if len(heldout_prefs):
             result["heldout_accuracy"] = heldout_preference_accuracy(policy_fn, heldout_obs, heldout_act,
                                                                      heldout_prefs)
         if config.eval_env is not None:

@@ -318,14 +318,14 @@ def train_seed(config: SharedOptions, data: TaskData, seed: int, unit_dir: pathl
     `evaluate_fn`: how a policy is evaluated (default: in the MetaWorld task).
     """
     (result,) = train_seeds(config, data, [seed], [unit_dir], video_dir=video_dir,
-                            evaluate_fns=None if evaluate_fn is None else [evaluate_fn],
+                            evaluator=None if evaluate_fn is None else lambda _: per_seed_evaluator([evaluate_fn]),
                             should_stop=should_stop, trackers=None if tracker is None else [tracker],
                             mesh=mesh, batched=False)
     return result
 
 
 def train_seeds(config: SharedOptions, data: TaskData, seeds: Sequence[int], unit_dirs: Sequence[pathlib.Path], *,
-                video_dir: pathlib.Path | None = None, evaluate_fns: Sequence[EvaluateFn] | None = None,
+                video_dir: pathlib.Path | None = None,
                 evaluator: Callable[[Sequence[int]], EvaluateSeedsFn] | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 trackers: Sequence[tracking.UnitTracker] | None = None,
@@ -336,18 +336,15 @@ def train_seeds(config: SharedOptions, data: TaskData, seeds: Sequence[int], uni
     `batched`: all unfinished seeds train as one stacked program (`SeedGroup`, --batch-seeds);
     else `seeds` must be one seed. Seeds whose unit finished before (an interruption) are read back.
     `video_dir`: write a video of each method's final evaluation of the first seed there.
-    `evaluator`: given the seeds that still train, their `EvaluateSeedsFn` (a data source's,
-    `DataSource.evaluator`); or `evaluate_fns`: one `EvaluateFn` per seed; default: every seed's
-    episodes in one pass over the MetaWorld workers (`metaworld_evaluator`).
+    `evaluator`: given the seeds that still train, their `EvaluateSeedsFn` (a data source's
+    `DataSource.evaluator`; `per_seed_evaluator` makes one of per-seed `EvaluateFn`s); default:
+    every seed's episodes in one pass over the MetaWorld workers (`metaworld_evaluator`).
     `should_stop`, `mesh`: see `run_branch` (every branch trains on `mesh`); `trackers`: one per seed.
     """
     seeds, unit_dirs = [int(s) for s in seeds], [pathlib.Path(u) for u in unit_dirs]
     trackers = list(trackers) if trackers is not None else [tracking.NO_TRACKING] * len(seeds)
-    if not (len(seeds) == len(unit_dirs) == len(trackers)) or (evaluate_fns is not None
-                                                               and len(evaluate_fns) != len(seeds)):
-        raise ValueError("train_seeds needs one unit directory (and evaluator, tracker) per seed")
-    if evaluate_fns is not None and evaluator is not None:
-        raise ValueError("train_seeds: pass evaluate_fns or evaluator, not both")
+    if not len(seeds) == len(unit_dirs) == len(trackers):
+        raise ValueError("train_seeds needs one unit directory (and tracker) per seed")
     results: dict[int, dict] = {}
     todo = []
     for i, (seed, unit) in enumerate(zip(seeds, unit_dirs)):
@@ -357,9 +354,7 @@ def train_seeds(config: SharedOptions, data: TaskData, seeds: Sequence[int], uni
         else:
             todo.append(i)
     if todo:
-        if evaluate_fns is not None:
-            evaluate_fn = per_seed_evaluator([evaluate_fns[i] for i in todo])
-        elif evaluator is not None:
+        if evaluator is not None:
             evaluate_fn = evaluator([seeds[i] for i in todo])
         else:
             evaluate_fn = metaworld_evaluator(config, data.task, data.summary.get("data_seed", 0),
