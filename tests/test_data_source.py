@@ -14,6 +14,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from plare_jax.data.dataset import EpisodeRows
 from plare_jax.interrupts import stop_on_signals
 from plare_jax.pipeline.config import SharedOptions
 from plare_jax.pipeline.data import training_data
@@ -46,7 +47,7 @@ def test_both_sources_implement_the_whole_protocol(source_class):
 
 
 @dataclasses.dataclass
-class SyntheticSteps:
+class SyntheticSteps(EpisodeRows):
     """Episodes of random observations whose reward is the first action (a ground truth)."""
 
     observations: np.ndarray
@@ -56,16 +57,8 @@ class SyntheticSteps:
     successes: np.ndarray | None = None
 
     @property
-    def num_steps(self) -> int:
-        return len(self.episode_ids)
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        return np.flatnonzero(np.r_[True, self.episode_ids[1:] != self.episode_ids[:-1]])
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return np.diff(np.r_[self.episode_starts, self.num_steps])
+    def num_episodes(self) -> int:
+        return int(self.episode_ids.max()) + 1
 
     @property
     def episode_returns(self) -> np.ndarray:
